@@ -1,0 +1,34 @@
+# Cairn — the commands a newcomer and CI run. Everything installs into .venv from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help dev test test-deep bench bench-http proto clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11 or newer) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+dev: $(STAMP)  ## start a local server; prints endpoint and credentials (ARGS="--port 9001")
+	$(BIN)/cairn dev $(ARGS)
+
+test: $(STAMP)  ## the default test run (CI runs this)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-deep: $(STAMP)  ## longer hypothesis profiles and crash storms
+	CAIRN_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m 'deep or not deep' $(ARGS)
+
+bench: $(STAMP)  ## the benchmarks, with the machine they ran on
+	$(BIN)/python -m bench.s3_bench $(ARGS)
+	$(BIN)/python -m bench.shardstore_bench
+
+clean:  ## remove the environment and caches
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

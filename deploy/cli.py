@@ -1,0 +1,101 @@
+"""The `cairn` command: one entry point for every role.
+
+    cairn dev          start a local server and print its endpoint and credentials
+    cairn shardstore   run one shardstore node for one disk
+
+Every subcommand has --help. Errors say what to do next and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import config as configuration
+
+
+def _dev(arguments: argparse.Namespace) -> int:
+    data_dir = Path(arguments.data_dir).expanduser().resolve()
+    try:
+        if arguments.config:
+            config = configuration.load(arguments.config)
+        else:
+            path = data_dir / "cairn.toml"
+            config = configuration.load(path) if path.exists() else configuration.write_default(path)
+    except configuration.ConfigError as error:
+        print(f"cairn dev: {error}", file=sys.stderr)
+        return 2
+    if bool(arguments.tls_cert) != bool(arguments.tls_key):
+        print("cairn dev: --tls-cert and --tls-key go together: give both for HTTPS, or neither", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from deploy.local import run_dev  # deploy may import spec/ until the cluster lands
+
+    try:
+        return run_on_uvloop(run_dev(config, host=arguments.host, port=arguments.port, data_dir=data_dir,
+                                     tls_cert=arguments.tls_cert, tls_key=arguments.tls_key))
+    except OSError as error:
+        print(f"cairn dev: cannot listen on {arguments.host}:{arguments.port}: {error.strerror or error}. "
+              "Pick another port with --port N (0 picks a free one).", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_on_uvloop(coroutine):
+    """Every event loop in Cairn is uvloop."""
+    import uvloop
+
+    return uvloop.run(coroutine)
+
+
+def _shardstore(arguments: argparse.Namespace, rest: list[str]) -> int:
+    from shardstore.main import main as shardstore_main
+
+    return shardstore_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cairn", description="Cairn: a strongly consistent, S3-compatible object store.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    dev = commands.add_parser(
+        "dev", help="start a local server and print its endpoint and credentials",
+        description=(
+            "Start a local Cairn S3 server in the foreground. Once it answers requests it prints "
+            "'endpoint: URL', 'access key: KEY' and 'secret key: KEY', one per line. "
+            "Storage today is in memory (objects are lost when it stops); users come from "
+            "the config file. Ctrl-C or SIGTERM stops it."
+        ),
+    )
+    dev.add_argument("--port", type=int, default=9000, help="TCP port to listen on (default 9000; 0 picks a free port)")
+    dev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dev.add_argument("--data-dir", default="./cairn-data", help="directory for the server's files (default ./cairn-data)")
+    dev.add_argument("--config", help="TOML config with [[users]]; default: DATA_DIR/cairn.toml, generated on first start")
+    dev.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)")
+    dev.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    commands.add_parser(
+        "shardstore", help="run one shardstore node for one disk", add_help=False,
+        description="Run one shardstore node (see `cairn shardstore --help`).",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "shardstore":
+        return _shardstore(argparse.Namespace(), argv[1:])
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command == "dev":
+        return _dev(arguments)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

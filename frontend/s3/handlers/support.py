@@ -1,0 +1,213 @@
+"""What several handlers share: authorisation, ids, headers, storing a body.
+
+Authorisation (step 1 of DESIGN §3): every bucket has one owner; a request of
+another user on it is AccessDenied. Bucket records are read from the metadata
+store, which is linearizable; a bucket's absence is never cached.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from common.checksums import Digests
+from common.ids import new_data_id, request_id
+from common.seams import BlobRef, BucketRecord, Inline, Multipart, ObjectRecord, Pairs
+from frontend.dataplane.body import Integrity, Payload
+from frontend.s3 import errors
+from frontend.s3.request import Request, Services
+from frontend.s3.xml import http_time
+
+CONTENT_HEADERS = (
+    "content-type", "content-encoding", "content-disposition",
+    "content-language", "cache-control", "expires",
+)
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+
+
+async def owned_bucket(services: Services, request: Request, name: str | None = None) -> BucketRecord:
+    bucket = name if name is not None else request.bucket
+    record = await services.meta.get_bucket(bucket)
+    if record is None:
+        raise errors.NoSuchBucket(BucketName=bucket)
+    if record.owner != request.user.name:
+        raise errors.AccessDenied()
+    return record
+
+
+def check_key(services: Services, key: str) -> None:
+    if len(key.encode("utf-8")) > services.limits.MAX_KEY_BYTES:
+        raise errors.KeyTooLongError(MaxSizeAllowed=str(services.limits.MAX_KEY_BYTES))
+
+
+def not_after_us(services: Services) -> int:
+    return services.clock_us() + services.limits.COMMIT_DEADLINE_MS * 1000
+
+
+def commit_request_id(request: Request, *, upload_id: str = "", part_number: int = 0, body_md5: str = "") -> bytes:
+    return request_id(
+        request.headers.get("amz-sdk-invocation-id"),
+        access_key=request.user.access_key, method=request.method,
+        bucket=request.bucket, key=request.key, upload_id=upload_id,
+        part_number=part_number, body_md5=body_md5,
+    )
+
+
+def is_sdk_retry(request: Request) -> bool:
+    """botocore says `amz-sdk-request: attempt=N; max=M`; N > 1 is a retry."""
+    value = request.headers.get("amz-sdk-request", "") or ""
+    for item in value.split(";"):
+        name, _, number = item.strip().partition("=")
+        if name == "attempt" and number.isdigit():
+            return int(number) > 1
+    return False
+
+
+def content_headers(request: Request) -> Pairs:
+    pairs = []
+    for name in CONTENT_HEADERS:
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        if name == "content-encoding":
+            codings = [coding.strip() for coding in value.split(",") if coding.strip().lower() != "aws-chunked"]
+            if not codings:
+                continue
+            value = ", ".join(codings)
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def user_metadata(services: Services, request: Request) -> Pairs:
+    pairs = []
+    total = 0
+    for name, value in request.headers.items():
+        if name.startswith("x-amz-meta-"):
+            short = name[len("x-amz-meta-"):]
+            pairs.append((short, value))
+            total += len(short.encode()) + len(value.encode("latin-1", "replace"))
+    if total > services.limits.MAX_USER_METADATA_BYTES:
+        raise errors.MetadataTooLarge(MaxSizeAllowed=str(services.limits.MAX_USER_METADATA_BYTES))
+    return tuple(pairs)
+
+
+def etag_header(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def strip_etag(value: str) -> str:
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+def object_headers(record: ObjectRecord) -> list[tuple[str, str]]:
+    headers = [
+        ("etag", etag_header(record.etag)),
+        ("last-modified", http_time(record.last_modified_us)),
+        ("accept-ranges", "bytes"),
+    ]
+    stored = dict(record.content_headers)
+    headers.append(("content-type", stored.pop("content-type", DEFAULT_CONTENT_TYPE)))
+    headers.extend(stored.items())
+    headers.extend((f"x-amz-meta-{name}", value) for name, value in record.user_metadata)
+    if record.storage_class != "STANDARD":
+        headers.append(("x-amz-storage-class", record.storage_class))
+    if isinstance(record.body, Multipart):
+        headers.append(("x-amz-mp-parts-count", str(len(record.body.parts))))
+    return headers
+
+
+def checksum_headers(checksums: Pairs, checksum_type: str) -> list[tuple[str, str]]:
+    headers = [(f"x-amz-checksum-{algorithm}", value) for algorithm, value in checksums]
+    if checksums and checksum_type:
+        headers.append(("x-amz-checksum-type", checksum_type))
+    return headers
+
+
+async def _prefixed(prefix: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if prefix:
+        yield prefix
+    async for chunk in rest:
+        yield chunk
+
+
+async def store_payload(
+    services: Services, payload: Payload, integrity: Integrity, *, allow_inline: bool
+) -> tuple[Inline | BlobRef, int, str, Pairs]:
+    """Store a verified payload: inline when small (and allowed), else as a blob.
+
+    Returns (body, size, md5 hex, checksums to store). On any failure the bytes
+    written are deleted: they were never committed (DESIGN §3 step 2).
+    """
+    algorithms = integrity.algorithms()
+    limit = services.limits.INLINE_MAX
+    head = bytearray()
+    stream = payload.stream
+    if allow_inline and (payload.size is None or payload.size <= limit):
+        ended = True
+        async for chunk in stream:
+            head += chunk
+            if len(head) > limit:
+                ended = False
+                break
+        if ended:
+            digests = Digests(algorithms)
+            digests.update(head)
+            stored = integrity.verify(digests.md5_hex(), digests.checksums(), payload.trailers())
+            return Inline(bytes(head)), len(head), digests.md5_hex(), stored
+    ref = await services.blobs.write(new_data_id(), _prefixed(bytes(head), stream), payload.size, algorithms)
+    try:
+        stored = integrity.verify(ref.md5_hex, ref.checksums, payload.trailers())
+    except BaseException:
+        await services.blobs.delete(ref)
+        raise
+    return ref, ref.size, ref.md5_hex, stored
+
+
+async def read_body(services: Services, record_body, size: int, start: int, end: int) -> AsyncIterator[bytes]:
+    """Stream bytes `[start, end)` of an object's body."""
+    if isinstance(record_body, Inline):
+        if end > start:
+            yield record_body.data[start:end]
+        return
+    if isinstance(record_body, BlobRef):
+        if end > start:
+            async for chunk in services.blobs.read(record_body, start, end):
+                yield chunk
+        return
+    for part in record_body.parts:
+        part_start, part_end = part.offset, part.offset + part.size
+        if part_end <= start or part_start >= end or part.size == 0:
+            continue
+        async for chunk in services.blobs.read(part.blob, max(start, part_start) - part_start, min(end, part_end) - part_start):
+            yield chunk
+
+
+async def read_all(services: Services, record_body, size: int, start: int, end: int) -> bytes:
+    pieces = [chunk async for chunk in read_body(services, record_body, size, start, end)]
+    return b"".join(pieces)
+
+
+async def read_small_body(services: Services, request: Request) -> tuple[bytes, str]:
+    """A request document (XML), decoded and bounded; also its MD5 hex.
+
+    Checks Content-MD5 / x-amz-checksum-* claims (BadDigest); the bound is
+    MAX_REQUEST_XML_BYTES."""
+    from frontend.dataplane.body import open_payload  # here to keep imports one-way
+
+    payload = open_payload(request, max_size=services.limits.MAX_REQUEST_XML_BYTES,
+                           max_chunk_bytes=services.limits.MAX_AWS_CHUNK_BYTES)
+    integrity = Integrity.from_request(request)
+    data = bytearray()
+    try:
+        async for chunk in payload.stream:
+            data += chunk
+    except errors.EntityTooLarge:
+        raise errors.MalformedXML("The XML you provided was larger than the maximum allowed size.") from None
+    digests = Digests(integrity.algorithms())
+    digests.update(data)
+    integrity.verify(digests.md5_hex(), digests.checksums(), payload.trailers())
+    return bytes(data), digests.md5_hex()
