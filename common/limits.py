@@ -60,6 +60,13 @@ class Limits:
     SHARD_STREAMS_MAX: int = 256
     EXTENT_MAX_BYTES: int = 256 * MiB
     DISK_RESERVE_FRACTION: float = 0.02
+    SHARD_LIST_MAX: int = 1000
+    SHARD_INDEX_FLUSH_ENTRIES: int = 4096
+    SHARD_INDEX_FLUSH_MS: int = 1000
+    SHARD_WRITE_STEP_BYTES: int = 1 * MiB
+    SHARD_COMPACT_LIVE_FRACTION: float = 0.5
+    SHARD_SCRUB_BYTES_PER_S: int = 32 * MiB
+    SHARD_HEAT_HALF_LIFE_MS: int = 5000
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,6 +86,11 @@ class Limits:
             problems.append("MIN_PART_SIZE <= MAX_PART_SIZE <= MAX_OBJECT_SIZE")
         if not 0 < self.MAX_KEYS <= 100_000:
             problems.append("MAX_KEYS must be in 1..100000")
+        if not (self.SHARD_CHUNK_MAX_BYTES <= self.SHARD_MAX_BYTES and self.CHECKSUM_BLOCK <= self.SHARD_WRITE_STEP_BYTES
+                and self.SHARD_WRITE_STEP_BYTES % self.CHECKSUM_BLOCK == 0):
+            problems.append("need CHUNK <= SHARD_MAX and SHARD_WRITE_STEP a multiple of CHECKSUM_BLOCK")
+        if not (0 < self.DISK_RESERVE_FRACTION < 1 and 0 < self.SHARD_COMPACT_LIVE_FRACTION < 1):
+            problems.append("DISK_RESERVE_FRACTION and SHARD_COMPACT_LIVE_FRACTION must be in (0, 1)")
         if problems:
             raise ValueError("invalid limits: " + "; ".join(problems))
 

@@ -1,0 +1,229 @@
+"""The one narrow interface through which the shardstore touches its extent files.
+
+Two implementations:
+- `RealDisk`: files in one directory, `os.pwrite`/`os.pread`, `os.fdatasync`, and an
+  fsync of the directory after a file is created or removed.
+- `SimDisk`: in memory, for tests. Each file has a durable prefix and unsynced bytes
+  past it; `crash()` keeps the durable prefix plus a random prefix of the unsynced
+  bytes (a torn last write) and forgets the rest. `flip_byte()` models bit rot.
+
+Contract (both implementations):
+1. Files are append-mostly: `write` may only write at or below the current size
+   (never leaves a hole).
+2. After `sync(name)` returns, every byte written to that file before it is durable.
+3. `create` and `remove` are durable on return (the directory is synced).
+4. `truncate` is durable on return (used only to cut a torn or aborted tail).
+5. `write` raises `OSError(ENOSPC)` when the disk is full, having written nothing.
+6. `blocking` says whether calls may block (the node then runs them on a thread).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common.errors import invariant
+
+
+class Disk(Protocol):
+    blocking: bool
+
+    def list_files(self) -> list[str]: ...
+    def create(self, name: str) -> None: ...
+    def remove(self, name: str) -> None: ...
+    def size(self, name: str) -> int: ...
+    def write(self, name: str, offset: int, data: bytes | memoryview) -> None: ...
+    def read(self, name: str, offset: int, length: int) -> bytes: ...
+    def sync(self, name: str) -> None: ...
+    def truncate(self, name: str, length: int) -> None: ...
+    def capacity_bytes(self) -> int: ...
+    def free_bytes(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class RealDisk:
+    """Extent files in `directory`, one open descriptor per file."""
+
+    blocking = True
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self._fds: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+
+    def _path(self, name: str) -> str:
+        invariant("/" not in name and name not in ("", ".", ".."), f"bad file name {name!r}")
+        return os.path.join(self.directory, name)
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = os.open(self._path(name), os.O_RDWR)
+            self._fds[name] = fd
+            self._sizes[name] = os.fstat(fd).st_size
+        return fd
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def list_files(self) -> list[str]:
+        return sorted(entry for entry in os.listdir(self.directory) if not entry.startswith("."))
+
+    def create(self, name: str) -> None:
+        fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        os.fsync(fd)
+        self._fds[name] = fd
+        self._sizes[name] = 0
+        self._sync_directory()
+
+    def remove(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        self._sizes.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        os.unlink(self._path(name))
+        self._sync_directory()
+
+    def size(self, name: str) -> int:
+        self._fd(name)
+        return self._sizes[name]
+
+    def write(self, name: str, offset: int, data: bytes | memoryview) -> None:
+        fd = self._fd(name)
+        invariant(offset <= self._sizes[name], "write would leave a hole")
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:     # contract 5: leave nothing behind
+                os.ftruncate(fd, self._sizes[name])
+            raise
+        self._sizes[name] = max(self._sizes[name], offset + len(view))
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        return os.pread(self._fd(name), length, offset)
+
+    def sync(self, name: str) -> None:
+        os.fdatasync(self._fd(name))
+
+    def truncate(self, name: str, length: int) -> None:
+        fd = self._fd(name)
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+        self._sizes[name] = length
+
+    def capacity_bytes(self) -> int:
+        stats = os.statvfs(self.directory)
+        return stats.f_blocks * stats.f_frsize
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.directory)
+        return stats.f_bavail * stats.f_frsize
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._sizes.clear()
+
+
+@dataclass
+class _SimFile:
+    data: bytearray = field(default_factory=bytearray)
+    durable_length: int = 0
+    durable: bytes = b""            # the content of the durable prefix as of the last sync
+
+
+class SimDisk:
+    """An in-memory disk that loses unsynced writes at `crash()` and may tear the last one.
+
+    Invariant: `durable` of each file is exactly what a crash right now keeps, before
+    the torn part; bytes written after the last sync (including overwrites below the
+    durable length) are lost or torn.
+    """
+
+    blocking = False
+
+    def __init__(self, capacity_bytes: int = 1 << 40) -> None:
+        self.files: dict[str, _SimFile] = {}
+        self._capacity_bytes = capacity_bytes
+        self.syncs = 0
+
+    def list_files(self) -> list[str]:
+        return sorted(self.files)
+
+    def create(self, name: str) -> None:
+        invariant(name not in self.files, f"{name} exists")
+        self.files[name] = _SimFile()
+
+    def remove(self, name: str) -> None:
+        del self.files[name]
+
+    def size(self, name: str) -> int:
+        return len(self.files[name].data)
+
+    def _used(self) -> int:
+        return sum(len(file.data) for file in self.files.values())
+
+    def write(self, name: str, offset: int, data: bytes | memoryview) -> None:
+        file = self.files[name]
+        invariant(offset <= len(file.data), "write would leave a hole")
+        growth = max(0, offset + len(data) - len(file.data))
+        if self._used() + growth > self._capacity_bytes:
+            raise OSError(errno.ENOSPC, "simulated disk full")
+        file.data[offset:offset + len(data)] = data
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        return bytes(self.files[name].data[offset:offset + length])
+
+    def sync(self, name: str) -> None:
+        file = self.files[name]
+        file.durable = bytes(file.data)
+        file.durable_length = len(file.data)
+        self.syncs += 1
+
+    def truncate(self, name: str, length: int) -> None:
+        file = self.files[name]
+        del file.data[length:]
+        file.durable = file.durable[:length]
+        file.durable_length = min(file.durable_length, length)
+
+    def capacity_bytes(self) -> int:
+        return self._capacity_bytes
+
+    def free_bytes(self) -> int:
+        return self._capacity_bytes - self._used()
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------ faults
+
+    def crash(self, rng: random.Random, tear: bool = True) -> None:
+        """Lose every unsynced write; with `tear`, keep a random prefix of the unsynced tail."""
+        for file in self.files.values():
+            kept = file.durable
+            unsynced = bytes(file.data[file.durable_length:])
+            if tear and unsynced:
+                kept += unsynced[:rng.randrange(len(unsynced) + 1)]
+            file.data = bytearray(kept)
+            file.durable = file.durable[:file.durable_length]
+
+    def flip_byte(self, name: str, offset: int) -> None:
+        """Bit rot: invert one byte, durably."""
+        file = self.files[name]
+        file.data[offset] ^= 0xFF
+        if offset < file.durable_length:
+            durable = bytearray(file.durable)
+            durable[offset] ^= 0xFF
+            file.durable = bytes(durable)

@@ -1,0 +1,856 @@
+"""One shardstore node: one disk's shards in append-only extents plus a RocksDB index.
+
+Layout (DESIGN §9, formats in `shardstore.format`): records are appended to open
+extents ("heads"). Small puts (the whole shard in one message) and tombstones share
+one head and one group commit; a streamed put or a compaction copy holds a head of
+its own while its record is written in SHARD_WRITE_STEP_BYTES steps, so a record is
+always contiguous. The index (`shardstore.index`) is the durable state as of its last
+checkpoint plus an in-memory overlay; the extents are the source of truth.
+
+Write path, the steps the code cites:
+1. Check the request and admit it: RESOURCE_EXHAUSTED if its record would eat into
+   the reserve (max(DISK_RESERVE_FRACTION of the disk, 2 extents), kept for
+   compaction); nothing is written then.
+2. Append the record (header, data, trailer with the next seq) to a head.
+3. Queue it for the committer, which fsyncs every dirty extent once for everything
+   queued (group commit), then applies the queued records in seq order through
+   `format.apply_rule`, making them visible, and answers each. Nothing is
+   acknowledged or visible before its record is durable.
+4. Now and then (SHARD_INDEX_FLUSH_ENTRIES / _MS) the overlay is written to RocksDB
+   in one synced batch with the checkpoint it covers.
+
+Recovery (`Node.open`): read the checkpoint; scan every extent from the offset the
+checkpoint covers; a record whose header or trailer fails its check ends that
+extent (a torn or aborted tail, cut off); replay the complete records in seq order
+through the same `apply_rule`; flush. A put whose record did not survive was never
+acknowledged; a tombstone acknowledged is durable, so the delete survives.
+
+Compaction, three separately crash-safe steps: `compact_copy` appends a COPY record
+naming the source location of each live shard of a mostly-dead extent, and the
+rule switches the index entry only if it still points at that source (a CAS, also
+at replay); `compact_drop` flushes the index (so no durable entry and no record
+still to be replayed names the extent) and then removes the file.
+
+Invariants:
+- A record is visible only after the fsync covering it; `seq` order = apply order.
+- `covered[e]` = end of the last applied record of extent e; every record below it
+  is applied, every record above it is not.
+- `live_bytes[e]` = sum of record sizes of the index entries pointing into e.
+- Every byte returned by a read passed its block's xxh3-128 check; a mismatch is
+  a `ShardCorrupt` error and a scrub finding, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterator
+
+import xxhash
+
+from common.errors import invariant
+from common.limits import DEFAULT_LIMITS, Limits
+from shardstore import format as fmt
+from shardstore.disk import Disk
+from shardstore.format import Entry, Header, Location, ShardId
+from shardstore.heat import Heat
+from shardstore.index import Index
+
+log = logging.getLogger("cairn.shardstore")
+
+
+class ShardStoreError(Exception):
+    """A refusal with a gRPC status name in `status`."""
+
+    status = "INTERNAL"
+
+
+class ShardNotFound(ShardStoreError):
+    status = "NOT_FOUND"
+
+
+class ShardExists(ShardStoreError):
+    status = "ALREADY_EXISTS"
+
+
+class ShardCorrupt(ShardStoreError):
+    status = "DATA_LOSS"
+
+
+class DiskFull(ShardStoreError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class TooBusy(ShardStoreError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class BadShardRequest(ShardStoreError):
+    status = "INVALID_ARGUMENT"
+
+
+@dataclass
+class _Head:
+    extent: int
+    size: int
+
+
+@dataclass
+class _Queued:
+    seq: int
+    header: Header
+    entry: Entry | None
+    extent: int
+    end: int
+    future: asyncio.Future
+    head: _Head | None = None          # a stream head to release once applied
+
+
+@dataclass
+class Stats:
+    capacity_bytes: int
+    used_bytes: int
+    free_bytes: int
+    live_bytes: int
+    fill_ratio: float
+    shard_count_estimate: int
+    extent_count: int
+    read_bytes_per_s: float
+    write_bytes_per_s: float
+    read_ops_per_s: float
+    write_ops_per_s: float
+    in_flight: int
+    corrupt_count: int
+
+
+@dataclass
+class _Recovered:
+    records: list = field(default_factory=list)
+    torn: int = 0
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Node:
+    """Use `await Node.open(...)`; `close()` (clean) or `abandon()` (a simulated crash)."""
+
+    def __init__(self, disk: Disk, index: Index, limits: Limits, clock_us: Callable[[], int]) -> None:
+        self.disk = disk
+        self.index = index
+        self.limits = limits
+        self.clock_us = clock_us
+        self.seq = 0
+        self.next_extent = 0
+        self.extent_sizes: dict[int, int] = {}
+        self.covered: dict[int, int] = {}
+        self.live_bytes: dict[int, int] = {}
+        self.corrupt: dict[ShardId, str] = {}
+        self.heat = Heat(limits.SHARD_HEAT_HALF_LIFE_MS / 1000)
+        self.in_flight = 0
+        self.streams = 0
+        self._small_head: _Head | None = None
+        self._idle_heads: list[_Head] = []
+        self._busy_heads: set[int] = set()
+        self._dirty: set[int] = set()
+        self._queue: list[_Queued] = []
+        self._wake = asyncio.Event()
+        self._reserved_bytes = 0
+        self._readers: dict[int, int] = {}
+        self._flush_lock = asyncio.Lock()
+        self._last_flush_s = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+        self._committer: asyncio.Task | None = None
+        self.failed: BaseException | None = None
+        self.recovered_torn_tails = 0
+        self.abandoned = False
+        self._last_seq_taken = 0
+        self._committing = False
+
+    # ================================================================ open / close
+
+    @classmethod
+    async def open(cls, disk: Disk, index_path: str, limits: Limits = DEFAULT_LIMITS,
+                   clock_us: Callable[[], int] = _now_us) -> "Node":
+        node = cls(disk, Index(index_path), limits, clock_us)
+        node._recover()
+        await node.flush()
+        node._committer = asyncio.get_running_loop().create_task(node._commit_loop())
+        return node
+
+    def _recover(self) -> None:
+        checkpoint = self.index.checkpoint() or fmt.Checkpoint(0, 0, {})
+        extents = sorted(n for n in map(fmt.extent_number, self.disk.list_files()) if n is not None)
+        self.next_extent = max([checkpoint.next_extent] + [e + 1 for e in extents])
+        self.seq = checkpoint.seq
+        found = []
+        for extent in extents:
+            name = fmt.extent_name(extent)
+            size = self.disk.size(name)
+            start = checkpoint.covered.get(extent, 0)
+            invariant(start <= size, f"{name} shorter than the checkpoint covers")
+            offset = start
+            while offset < size:
+                parsed = self._parse_record(extent, offset, size)
+                if parsed is None:
+                    log.warning("TornTail extent=%d offset=%d cut_bytes=%d", extent, offset, size - offset)
+                    self.disk.truncate(name, offset)
+                    self.recovered_torn_tails += 1
+                    size = offset
+                    break
+                header, checksums, seq, end = parsed
+                found.append((seq, header, checksums, extent, offset, end))
+                offset = end
+            self.extent_sizes[extent] = size
+            self.covered[extent] = start
+            self.live_bytes[extent] = 0
+        found.sort(key=lambda record: record[0])
+        for seq, header, checksums, extent, offset, end in found:
+            invariant(seq > self.seq, "replayed records must follow the checkpoint in seq order")
+            entry = self._entry_for(header, Location(extent, offset), checksums)
+            self._apply(seq, header, entry, extent, end)
+        for extent, size in self.extent_sizes.items():
+            self.covered[extent] = size
+        self._last_seq_taken = self.seq
+        self.live_bytes = {extent: 0 for extent in self.extent_sizes}
+        for key, entry in self._all_entries():
+            self.live_bytes[entry.location.extent] = self.live_bytes.get(entry.location.extent, 0) + entry.stored_bytes
+
+    def _parse_record(self, extent: int, offset: int, size: int):
+        """(header, checksums, seq, end) of a complete record at `offset`, else None.
+        Also verifies the data of PUT and COPY records, noting rot as a finding."""
+        name = fmt.extent_name(extent)
+        header_raw = self.disk.read(name, offset, fmt.HEADER_BYTES)
+        header = fmt.decode_header(header_raw)
+        if header is None:
+            return None
+        end = offset + fmt.record_bytes(header.length, header.block_size)
+        if end > size:
+            return None
+        trailer_offset = offset + fmt.HEADER_BYTES + header.length
+        trailer = fmt.decode_trailer(header_raw, header, self.disk.read(name, trailer_offset, end - trailer_offset))
+        if trailer is None:
+            return None
+        checksums, seq = trailer
+        if header.kind != fmt.KIND_TOMBSTONE:
+            data = self.disk.read(name, offset + fmt.HEADER_BYTES, header.length)
+            if fmt.block_checksums(data, header.block_size) != checksums:
+                self.corrupt[header.shard] = "checksum mismatch found by recovery"
+        return header, checksums, seq, end
+
+    def _all_entries(self) -> Iterator[tuple[bytes, Entry]]:
+        start = fmt.INDEX_PREFIX
+        while True:
+            page = self.index.items_from(start, 4096)
+            yield from page
+            if len(page) < 4096:
+                return
+            start = page[-1][0] + b"\0"
+
+    def abandon(self) -> None:
+        """A simulated crash: stop at once, losing the overlay and everything queued.
+        Cancelled requests then leave the disk alone (`abandoned`)."""
+        self.abandoned = True
+        for task in list(self._tasks) + ([self._committer] if self._committer else []):
+            task.cancel()
+        for queued in self._queue:
+            if not queued.future.done():
+                queued.future.cancel()
+        self._queue.clear()
+        self.index.close()
+        self.failed = RuntimeError("node abandoned")
+
+    async def close(self) -> None:
+        """A clean stop: wait for queued records, flush the index, close."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._queue or self._committing:
+            await asyncio.sleep(0.001)
+        await self.flush()
+        if self._committer:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        self.index.close()
+        self.disk.close()
+        self.failed = RuntimeError("node closed")
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _io(self, function, *args):
+        if self.disk.blocking:
+            return await asyncio.to_thread(function, *args)
+        return function(*args)
+
+    # ================================================================ committing
+
+    def _entry_for(self, header: Header, location: Location, checksums: list[bytes]) -> Entry | None:
+        if header.kind == fmt.KIND_TOMBSTONE:
+            return None
+        return Entry(location, header.length, header.put_time_us, header.block_size, tuple(checksums))
+
+    def _apply(self, seq: int, header: Header, entry: Entry | None, extent: int, end: int) -> str:
+        """Step 3's apply (and recovery's): the pure rule, then the index and accounting."""
+        key = fmt.index_key(header.shard)
+        existing = self.index.get(key)
+        outcome, new, store = fmt.apply_rule(existing, header, entry)
+        if store:
+            self.index.set(key, new)
+            if existing is not None:
+                self.live_bytes[existing.location.extent] -= existing.stored_bytes
+            if new is not None:
+                self.live_bytes[new.location.extent] = self.live_bytes.get(new.location.extent, 0) + new.stored_bytes
+            if header.kind != fmt.KIND_COPY:
+                self.corrupt.pop(header.shard, None)
+        invariant(self.covered.get(extent, 0) <= end, "records of one extent apply in order")
+        self.covered[extent] = end
+        self.seq = max(self.seq, seq)
+        return outcome
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                self._committing = True
+                batch, self._queue = self._queue, []
+                dirty, self._dirty = self._dirty, set()
+                try:
+                    names = [fmt.extent_name(extent) for extent in sorted(dirty)]
+                    if self.disk.blocking and len(names) > 1:
+                        await asyncio.gather(*(asyncio.to_thread(self.disk.sync, name) for name in names))
+                    else:
+                        for name in names:
+                            await self._io(self.disk.sync, name)
+                except OSError as error:
+                    # The records may or may not be durable: stop, recovery decides.
+                    log.error("SyncFailed error=%s", error)
+                    self.failed = error
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(ShardStoreError(f"sync failed: {error}"))
+                    return
+                now_s = time.monotonic()
+                for queued in batch:
+                    outcome = self._apply(queued.seq, queued.header, queued.entry, queued.extent, queued.end)
+                    if queued.head is not None:
+                        self._release_head(queued.head)
+                    if queued.header.kind == fmt.KIND_PUT and outcome == fmt.OUTCOME_OK:
+                        self.heat.wrote(queued.header.length, now_s)
+                    if not queued.future.done():
+                        queued.future.set_result(outcome)
+                self._committing = False
+                if len(self.index.overlay) >= self.limits.SHARD_INDEX_FLUSH_ENTRIES and not self._flush_lock.locked():
+                    self.spawn(self.flush())
+
+    def _enqueue(self, seq: int, header: Header, entry: Entry | None, extent: int, end: int,
+                 head: _Head | None = None) -> asyncio.Future:
+        """Step 3: queue an appended record (its seq is in its trailer). Called in the
+        same loop step as `_take_seq`, so the queue is in seq order."""
+        invariant(not self._queue or self._queue[-1].seq < seq, "queue in seq order")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(seq, header, entry, extent, end, future, head))
+        self._dirty.add(extent)
+        self._wake.set()
+        return future
+
+    def _take_seq(self) -> int:
+        self._last_seq_taken += 1
+        return self._last_seq_taken
+
+    async def flush(self) -> None:
+        """Step 4: the overlay and the checkpoint it covers, in one synced batch."""
+        async with self._flush_lock:
+            checkpoint = fmt.Checkpoint(self.seq, self.next_extent, dict(self.covered))
+            batch, _ = self.index.begin_flush(checkpoint)
+            try:
+                await self._io(self.index.write_flush, batch)
+            except BaseException:
+                self.index.abort_flush()
+                raise
+            self.index.end_flush()
+            self._last_flush_s = time.monotonic()
+
+    async def flush_now_and_then(self) -> None:
+        """Background: flush at least every SHARD_INDEX_FLUSH_MS while anything changed."""
+        period_s = self.limits.SHARD_INDEX_FLUSH_MS / 1000
+        while True:
+            await asyncio.sleep(period_s)
+            if self.index.overlay or time.monotonic() - self._last_flush_s > 10 * period_s:
+                await self.flush()
+
+    # ================================================================ heads
+
+    def _new_extent(self) -> _Head:
+        extent = self.next_extent
+        self.next_extent += 1
+        self.disk.create(fmt.extent_name(extent))
+        self.extent_sizes[extent] = 0
+        self.covered[extent] = 0
+        self.live_bytes[extent] = 0
+        return _Head(extent, 0)
+
+    def _small(self) -> _Head:
+        head = self._small_head
+        if head is None or head.size >= self.limits.EXTENT_MAX_BYTES:
+            head = self._small_head = self._new_extent()
+        return head
+
+    def _acquire_head(self) -> _Head:
+        while self._idle_heads:
+            head = self._idle_heads.pop()
+            if head.size < self.limits.EXTENT_MAX_BYTES:
+                self._busy_heads.add(head.extent)
+                return head
+        head = self._new_extent()
+        self._busy_heads.add(head.extent)
+        return head
+
+    def _release_head(self, head: _Head) -> None:
+        self._busy_heads.discard(head.extent)
+        if head.size < self.limits.EXTENT_MAX_BYTES:
+            self._idle_heads.append(head)
+
+    def _is_head(self, extent: int) -> bool:
+        return (extent in self._busy_heads or any(h.extent == extent for h in self._idle_heads)
+                or (self._small_head is not None and self._small_head.extent == extent))
+
+    # ================================================================ admission
+
+    def reserve_bytes(self) -> int:
+        return max(int(self.limits.DISK_RESERVE_FRACTION * self.disk.capacity_bytes()),
+                   2 * self.limits.EXTENT_MAX_BYTES)
+
+    @contextlib.contextmanager
+    def _admit(self, record_size: int) -> Iterator[None]:
+        """Step 1: refuse before writing when the record would reach into the reserve."""
+        if self.failed is not None:
+            raise ShardStoreError(f"node stopped: {self.failed}")
+        if self.disk.free_bytes() - self._reserved_bytes - record_size < self.reserve_bytes():
+            raise DiskFull("disk full: the rest is reserved for compaction")
+        self._reserved_bytes += record_size
+        try:
+            yield
+        finally:
+            self._reserved_bytes -= record_size
+
+    @contextlib.contextmanager
+    def stream_slot(self) -> Iterator[None]:
+        """Bound concurrent streams (SHARD_STREAMS_MAX); over it, refuse at once."""
+        if self.streams >= self.limits.SHARD_STREAMS_MAX:
+            raise TooBusy("too many concurrent streams")
+        self.streams += 1
+        try:
+            yield
+        finally:
+            self.streams -= 1
+
+    def _check_shard(self, shard: ShardId) -> None:
+        if len(shard.data_id) != fmt.DATA_ID_BYTES:
+            raise BadShardRequest("data id must be 16 bytes")
+        if not 0 <= shard.shard_index < 2**32:
+            raise BadShardRequest("shard index out of range")
+
+    # ================================================================ put
+
+    async def put(self, shard: ShardId, length: int, first: bytes,
+                  rest: AsyncIterator[bytes] | None = None,
+                  sender_checksums: list[bytes] | None = None) -> None:
+        """Store a shard; returns once it is durable and visible.
+
+        `first` holds the first bytes; `rest` (if any) the others. Re-putting the same
+        bytes is OK; other bytes under a taken id raise ShardExists.
+        """
+        self._check_shard(shard)
+        limits = self.limits
+        if not 0 <= length <= limits.SHARD_MAX_BYTES:
+            raise BadShardRequest(f"shard length must be in 0..{limits.SHARD_MAX_BYTES}")
+        if len(first) > limits.SHARD_CHUNK_MAX_BYTES or len(first) > length:
+            raise BadShardRequest("chunk too large")
+        block_size = limits.CHECKSUM_BLOCK
+        if sender_checksums is not None and len(sender_checksums) != fmt.block_count(length, block_size):
+            raise BadShardRequest("wrong number of block checksums")
+        existing = self.index.get(fmt.index_key(shard))
+        if existing is not None and existing.length != length:
+            raise ShardExists("shard exists with other bytes")
+        self.in_flight += 1
+        try:
+            with self._admit(fmt.record_bytes(length, block_size)):
+                if rest is None or len(first) == length:
+                    if len(first) != length:
+                        raise BadShardRequest("shard shorter than its length")
+                    if rest is not None:
+                        async for extra in rest:
+                            if extra:
+                                raise BadShardRequest("shard longer than its length")
+                    outcome = await self._put_small(shard, first, existing, sender_checksums)
+                else:
+                    outcome = await self._put_streamed(shard, length, first, rest, sender_checksums)
+        finally:
+            self.in_flight -= 1
+        if outcome == fmt.OUTCOME_EXISTS:
+            raise ShardExists("shard exists with other bytes")
+
+    async def _put_small(self, shard: ShardId, data: bytes, existing: Entry | None,
+                         sender_checksums: list[bytes] | None) -> str:
+        block_size = self.limits.CHECKSUM_BLOCK
+        checksums = fmt.block_checksums(data, block_size)
+        if sender_checksums is not None and checksums != list(sender_checksums):
+            raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
+        if existing is not None:
+            if tuple(checksums) != existing.checksums:
+                return fmt.OUTCOME_EXISTS
+            if self._intact(existing):
+                return fmt.OUTCOME_OK          # the same bytes, already stored and sound
+        header = Header(fmt.KIND_PUT, 0, shard, self.clock_us(), len(data), block_size)
+        return await self._append_whole(header, data, checksums)
+
+    async def _append_whole(self, header: Header, data: bytes, checksums: list[bytes]) -> str:
+        """Step 2 on the shared head: one contiguous write, then the group commit."""
+        head = self._small()
+        header_raw = fmt.encode_header(header)
+        seq = self._take_seq()
+        record = b"".join((header_raw, data, fmt.encode_trailer(header_raw, checksums, seq)))
+        offset = head.size
+        try:
+            self.disk.write(fmt.extent_name(head.extent), offset, record)
+        except OSError as error:
+            raise DiskFull(f"write failed: {error}") from error
+        head.size = offset + len(record)
+        self.extent_sizes[head.extent] = head.size
+        entry = self._entry_for(header, Location(head.extent, offset), checksums)
+        return await self._enqueue(seq, header, entry, head.extent, head.size)
+
+    async def _put_streamed(self, shard: ShardId, length: int, first: bytes, rest: AsyncIterator[bytes],
+                            sender_checksums: list[bytes] | None) -> str:
+        header = Header(fmt.KIND_PUT, 0, shard, self.clock_us(), length, self.limits.CHECKSUM_BLOCK)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for chunk in rest:
+                if len(chunk) > self.limits.SHARD_CHUNK_MAX_BYTES:
+                    raise BadShardRequest("chunk too large")
+                yield chunk
+
+        return await self._append_streamed(header, pieces(), sender_checksums)
+
+    async def _append_streamed(self, header: Header, pieces: AsyncIterator[bytes],
+                               expected_checksums: list[bytes] | None) -> str:
+        """Step 2 on a head of its own, in SHARD_WRITE_STEP_BYTES steps (each fsynced on
+        a real disk, so the page cache never holds a whole shard). An error or a
+        cancellation before the trailer is written cuts the record off again."""
+        head = self._acquire_head()
+        name = fmt.extent_name(head.extent)
+        start = head.size
+        header_raw = fmt.encode_header(header)
+        step = self.limits.SHARD_WRITE_STEP_BYTES
+        checksums: list[bytes] = []
+        position = start
+        pending = bytearray(header_raw)
+        received = 0
+        queued = False
+        steps: list[asyncio.Future] = []
+        try:
+            async for piece in pieces:
+                received += len(piece)
+                if received > header.length:
+                    raise BadShardRequest("shard longer than its length")
+                pending += piece
+                if len(pending) >= step + fmt.HEADER_BYTES:
+                    cut = len(pending) - (len(pending) - (fmt.HEADER_BYTES if position == start else 0)) % header.block_size
+                    position = await self._write_step(name, position, pending, cut, start, header.block_size,
+                                                      checksums, steps)
+                    del pending[:cut]
+            if received != header.length:
+                raise BadShardRequest("shard shorter than its length")
+            data_start = fmt.HEADER_BYTES if position == start else 0
+            checksums += fmt.block_checksums(memoryview(pending)[data_start:], header.block_size)
+            if expected_checksums is not None and checksums != list(expected_checksums):
+                raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
+            seq = self._take_seq()
+            pending += fmt.encode_trailer(header_raw, checksums, seq)
+            self.disk.write(name, position, pending)
+            position += len(pending)
+            head.size = position
+            self.extent_sizes[head.extent] = position
+            entry = self._entry_for(header, Location(head.extent, start), checksums)
+            future = self._enqueue(seq, header, entry, head.extent, position, head)
+            queued = True
+        except OSError as error:
+            raise DiskFull(f"write failed: {error}") from error
+        finally:
+            if not queued and not self.abandoned:     # aborted before the trailer: cut it off
+                if steps and not steps[-1].done():
+                    await asyncio.wait(steps)          # a thread may still be writing
+                self.disk.truncate(name, start)
+                head.size = start
+                self.extent_sizes[head.extent] = start
+                self._release_head(head)
+        return await future
+
+    async def _write_step(self, name: str, position: int, pending: bytearray, cut: int, start: int,
+                          block_size: int, checksums: list[bytes], steps: list[asyncio.Future]) -> int:
+        view = memoryview(pending)[:cut]
+        data_start = fmt.HEADER_BYTES if position == start else 0
+        checksums += fmt.block_checksums(view[data_start:], block_size)
+        chunk = bytes(view)
+        view.release()
+        if self.disk.blocking:
+            step = asyncio.ensure_future(asyncio.to_thread(self._write_and_sync, name, position, chunk))
+            steps[:] = [step]
+            await step
+        else:
+            self.disk.write(name, position, chunk)
+        return position + len(chunk)
+
+    def _write_and_sync(self, name: str, position: int, chunk: bytes) -> None:
+        self.disk.write(name, position, chunk)
+        self.disk.sync(name)
+
+    # ================================================================ delete
+
+    async def delete(self, shard: ShardId) -> None:
+        """Delete a shard; durable on return. Deleting a missing shard is OK."""
+        self._check_shard(shard)
+        if self.failed is not None:
+            raise ShardStoreError(f"node stopped: {self.failed}")
+        if self.index.get(fmt.index_key(shard)) is None:
+            return          # nothing applied to delete; a put still queued orders after us
+        header = Header(fmt.KIND_TOMBSTONE, 0, shard, self.clock_us(), 0, self.limits.CHECKSUM_BLOCK)
+        self.in_flight += 1
+        try:
+            await self._append_whole(header, b"", [])       # may use the reserve
+        finally:
+            self.in_flight -= 1
+
+    # ================================================================ read
+
+    def locate(self, shard: ShardId) -> Entry:
+        self._check_shard(shard)
+        entry = self.index.get(fmt.index_key(shard))
+        if entry is None:
+            raise ShardNotFound("no such shard")
+        return entry
+
+    async def read(self, shard: ShardId, start: int = 0, end: int | None = None,
+                   piece_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Yield the bytes [start, end) of a shard in verified pieces of about `piece_bytes`."""
+        entry = self.locate(shard)
+        end = entry.length if end is None else end
+        if not 0 <= start <= end <= entry.length:
+            raise BadShardRequest(f"range {start}-{end} outside 0-{entry.length}")
+        return self._read_pieces(shard, entry, start, end, piece_bytes)
+
+    async def _read_pieces(self, shard: ShardId, entry: Entry, start: int, end: int,
+                           piece_bytes: int) -> AsyncIterator[bytes]:
+        extent = entry.location.extent
+        self._readers[extent] = self._readers.get(extent, 0) + 1
+        self.in_flight += 1
+        try:
+            block = entry.block_size
+            per_piece = max(1, piece_bytes // block)
+            first_block, last_block = start // block, max(start, end - 1) // block
+            if start == end:
+                return
+            for piece_first in range(first_block, last_block + 1, per_piece):
+                piece_last = min(last_block, piece_first + per_piece - 1)
+                data = await self._read_blocks(shard, entry, piece_first, piece_last)
+                low = max(start - piece_first * block, 0)
+                high = min(end - piece_first * block, len(data))
+                self.heat.read(high - low, time.monotonic())
+                yield data[low:high]
+        finally:
+            self.in_flight -= 1
+            self._readers[extent] -= 1
+
+    async def _read_blocks(self, shard: ShardId, entry: Entry, first: int, last: int) -> bytes:
+        block = entry.block_size
+        offset = first * block
+        length = min((last + 1) * block, entry.length) - offset
+        name = fmt.extent_name(entry.location.extent)
+        if self.disk.blocking and length > 256 * 1024:
+            data = await asyncio.to_thread(self.disk.read, name, entry.data_offset + offset, length)
+        else:
+            data = self.disk.read(name, entry.data_offset + offset, length)
+        view = memoryview(data)
+        for i in range(first, last + 1):
+            piece = view[(i - first) * block:(i - first + 1) * block]
+            if len(piece) != min(block, entry.length - i * block) or \
+                    xxhash.xxh3_128_digest(piece) != entry.checksums[i]:
+                self.corrupt[shard] = f"checksum mismatch in block {i}"
+                log.error("ShardCorrupt shard=%s/%d block=%d", shard.data_id.hex(), shard.shard_index, i)
+                raise ShardCorrupt(f"checksum mismatch in block {i}")
+        return data
+
+    async def read_all(self, shard: ShardId, start: int = 0, end: int | None = None) -> bytes:
+        return b"".join([piece async for piece in await self.read(shard, start, end)])
+
+    def _intact(self, entry: Entry) -> bool:
+        name = fmt.extent_name(entry.location.extent)
+        data = self.disk.read(name, entry.data_offset, entry.length)
+        return fmt.block_checksums(data, entry.block_size) == list(entry.checksums)
+
+    # ================================================================ list, stat
+
+    def list(self, start_after: ShardId | None = None, limit: int | None = None) -> list[tuple[ShardId, Entry]]:
+        limit = min(limit or self.limits.SHARD_LIST_MAX, self.limits.SHARD_LIST_MAX)
+        start = fmt.INDEX_PREFIX if start_after is None else fmt.index_key(start_after) + b"\0"
+        return [(fmt.shard_of_key(key), entry) for key, entry in self.index.items_from(start, limit)]
+
+    def stat(self) -> Stats:
+        now_s = time.monotonic()
+        capacity = self.disk.capacity_bytes()
+        free = self.disk.free_bytes()
+        used = sum(self.extent_sizes.values())
+        live = sum(self.live_bytes.values())
+        return Stats(
+            capacity_bytes=capacity, used_bytes=used, free_bytes=free, live_bytes=live,
+            fill_ratio=(capacity - free) / capacity if capacity else 1.0,
+            shard_count_estimate=0, extent_count=len(self.extent_sizes),
+            read_bytes_per_s=self.heat.read_bytes.per_second(now_s),
+            write_bytes_per_s=self.heat.write_bytes.per_second(now_s),
+            read_ops_per_s=self.heat.read_ops.per_second(now_s),
+            write_ops_per_s=self.heat.write_ops.per_second(now_s),
+            in_flight=self.in_flight, corrupt_count=len(self.corrupt))
+
+    # ================================================================ compaction
+
+    def compaction_candidates(self) -> list[int]:
+        """Sealed extents whose live fraction is below SHARD_COMPACT_LIVE_FRACTION, emptiest first."""
+        candidates = []
+        for extent, size in self.extent_sizes.items():
+            if self._is_head(extent):
+                continue
+            live = self.live_bytes.get(extent, 0)
+            if size == 0 or live / size < self.limits.SHARD_COMPACT_LIVE_FRACTION:
+                candidates.append((live / size if size else 0.0, extent))
+        return [extent for _, extent in sorted(candidates)]
+
+    async def compact_copy(self, extent: int) -> int:
+        """Compaction step 1-2: copy each live shard out of `extent`; the index switches
+        by CAS on the old location when the copy commits. Returns shards copied."""
+        invariant(not self._is_head(extent), "never compact an open extent")
+        name = fmt.extent_name(extent)
+        size = self.extent_sizes[extent]
+        offset, copied = 0, 0
+        while offset < size and self.live_bytes.get(extent, 0) > 0:
+            header = fmt.decode_header(self.disk.read(name, offset, fmt.HEADER_BYTES))
+            invariant(header is not None, f"a committed record's header is unreadable at {extent}:{offset}")
+            end = offset + fmt.record_bytes(header.length, header.block_size)
+            entry = self.index.get(fmt.index_key(header.shard)) if header.kind != fmt.KIND_TOMBSTONE else None
+            if entry is not None and entry.location == Location(extent, offset):
+                copy = Header(fmt.KIND_COPY, 0, header.shard, entry.put_time_us, entry.length,
+                              entry.block_size, Location(extent, offset))
+                outcome = await self._append_copy(copy, entry)
+                copied += outcome == fmt.OUTCOME_OK
+            offset = end
+        return copied
+
+    async def _append_copy(self, header: Header, entry: Entry) -> str:
+        """Copy the raw bytes under their original checksums: rot stays detectable."""
+        name = fmt.extent_name(entry.location.extent)
+        step = self.limits.SHARD_WRITE_STEP_BYTES
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for offset in range(0, entry.length, step):
+                yield self.disk.read(name, entry.data_offset + offset, min(step, entry.length - offset))
+
+        self._readers[entry.location.extent] = self._readers.get(entry.location.extent, 0) + 1
+        try:
+            return await self._append_copy_record(header, pieces(), list(entry.checksums))
+        finally:
+            self._readers[entry.location.extent] -= 1
+
+    async def _append_copy_record(self, header: Header, pieces: AsyncIterator[bytes], checksums: list[bytes]) -> str:
+        data_parts = []
+        async for piece in pieces:
+            data_parts.append(piece)
+        data = b"".join(data_parts)
+        actual = fmt.block_checksums(data, header.block_size)
+        if actual != checksums:
+            self.corrupt[header.shard] = "checksum mismatch found by compaction"
+        head = self._acquire_head()
+        name = fmt.extent_name(head.extent)
+        start = head.size
+        header_raw = fmt.encode_header(header)
+        seq = self._take_seq()
+        record = b"".join((header_raw, data, fmt.encode_trailer(header_raw, checksums, seq)))
+        try:
+            self.disk.write(name, start, record)
+        except OSError as error:
+            self._release_head(head)
+            raise DiskFull(f"write failed: {error}") from error
+        head.size = start + len(record)
+        self.extent_sizes[head.extent] = head.size
+        entry = Entry(Location(head.extent, start), header.length, header.put_time_us, header.block_size,
+                      tuple(checksums))
+        return await self._enqueue(seq, header, entry, head.extent, head.size, head)
+
+    async def compact_drop(self, extent: int) -> bool:
+        """Compaction step 3: once nothing lives in `extent`, make the index durable
+        without it, then remove the file. False when it is not (yet) droppable."""
+        if not self._droppable(extent):
+            return False
+        await self.flush()
+        if not self._droppable(extent) or self.covered.get(extent) != self.extent_sizes.get(extent):
+            return False
+        self.disk.remove(fmt.extent_name(extent))
+        for table in (self.extent_sizes, self.covered, self.live_bytes, self._readers):
+            table.pop(extent, None)
+        return True
+
+    def _droppable(self, extent: int) -> bool:
+        return (extent in self.extent_sizes and not self._is_head(extent)
+                and self.live_bytes.get(extent, 0) == 0 and self._readers.get(extent, 0) == 0
+                and extent not in self._dirty
+                and not any(queued.extent == extent for queued in self._queue))
+
+    async def compact(self) -> int:
+        """Run every step on every candidate; returns extents dropped."""
+        dropped = 0
+        for extent in self.compaction_candidates():
+            await self.compact_copy(extent)
+            dropped += await self.compact_drop(extent)
+        return dropped
+
+    # ================================================================ scrub
+
+    async def scrub(self, bytes_per_s: int | None = None) -> list[ShardId]:
+        """Re-read and verify every shard, at most `bytes_per_s`; returns the corrupt ones.
+        Findings stay in `self.corrupt` (and Stat) until the shard is re-put or deleted."""
+        found: list[ShardId] = []
+        for key, entry in list(self._all_entries()):
+            shard = fmt.shard_of_key(key)
+            current = self.index.get(key)
+            if current is None or current.location.extent not in self.extent_sizes:
+                continue
+            self._readers[current.location.extent] = self._readers.get(current.location.extent, 0) + 1
+            try:
+                intact = self._intact(current)
+            finally:
+                self._readers[current.location.extent] -= 1
+            if not intact:
+                self.corrupt[shard] = "checksum mismatch found by scrub"
+                log.error("ShardCorrupt shard=%s/%d by=scrub", shard.data_id.hex(), shard.shard_index)
+                found.append(shard)
+            elif shard in self.corrupt and self.index.get(key) == current:
+                del self.corrupt[shard]
+            if bytes_per_s:
+                await asyncio.sleep(current.length / bytes_per_s)
+            else:
+                await asyncio.sleep(0)
+        return found
+
+    async def scrub_forever(self) -> None:
+        while True:
+            await self.scrub(self.limits.SHARD_SCRUB_BYTES_PER_S)
+            await asyncio.sleep(60)
