@@ -8,7 +8,9 @@ Commit, in apply order (DESIGN §3), with no await anywhere in it, so a check an
 its write are one atomic step on the event loop:
 1. dedup: a request id seen within DEDUP_WINDOW (by entry time) returns its
    recorded Outcome, or raises its recorded refusal again; nothing re-applies.
-   Only condition and mutation refusals are recorded (`_RECORDED`).
+   Only condition and mutation refusals are recorded (`_RECORDED`). A blob the
+   duplicate introduces that no record references (a retried PUT wrote new
+   bytes) is reaped: the original's bytes are the ones kept.
 2. stamp: the entry time is `max(clock_us(), previous entry time + 1)`; the dedup
    table is expired in entry-time order, at most `_DEDUP_EXPIRE_PER_COMMIT` rows.
 3. deadline: entry time > not_after_us -> Expired.
@@ -26,8 +28,8 @@ Invariants:
   body over INLINE_MAX, raises InvariantViolation before anything is written.
 - The reaper calls `blobs_delete(ref)` for each displaced BlobRef once
   `reap_delay_s` (monotonic, not the injected clock) has passed; the data ids a
-  recorded refusal introduced (a refused PutObject's blob or PutPart's part) are
-  reaped too, as in DESIGN §3. An unrecorded refusal (Expired, NoSuchBucket)
+  recorded refusal or a duplicate introduced (a refused PutObject's blob or
+  PutPart's part) are reaped too, as in DESIGN §3, unless a record references them. An unrecorded refusal (Expired, NoSuchBucket)
   leaves its bytes alone: a retry with the same request id may still apply them.
   There is no orphan sweep in memory, so those bytes live until restart.
 - `close()` cancels the reaper: deletions not yet due are dropped (the in-memory
@@ -225,6 +227,7 @@ class InMemoryMetadataStore:
         if recorded is not None:  # step 1
             entry_us, result = recorded
             if now_us - entry_us <= self._dedup_window_us:
+                self._reap_introduced(mutation)
                 if isinstance(result, Outcome):
                     return result
                 raise type(result)(*result.args)
@@ -486,7 +489,8 @@ class InMemoryMetadataStore:
             self._queue_reap(ref)
 
     def _reap_introduced(self, mutation: Mutation) -> None:
-        """A recorded refusal's introduced data ids are reaped too (DESIGN §3)."""
+        """Data ids a recorded refusal or a duplicate introduced, unreferenced, are
+        reaped too (DESIGN §3); a live one never is."""
         introduced: tuple[BlobRef, ...] = ()
         if isinstance(mutation, PutObject) and isinstance(mutation.draft.body, BlobRef):
             introduced = (mutation.draft.body,)
@@ -502,7 +506,8 @@ class InMemoryMetadataStore:
         loop = asyncio.get_running_loop()
         self._queued.add(ref.data_id)
         self._reap_queue.append((loop.time() + self._reap_delay_s, ref))
-        if self._reaper is None or self._reaper.done():
+        if self._reaper is None or self._reaper.done() or self._reaper.get_loop() is not loop:
+            # (A store reused under a new event loop, as in tests, gets a new reaper.)
             self._reaper = loop.create_task(self._reap_loop(), name="metadata-model-reaper")
 
     async def _reap_loop(self) -> None:

@@ -476,6 +476,24 @@ def test_reaper_deletes_displaced_after_delay_and_never_referenced():
     run(scenario())
 
 
+def test_duplicate_keeps_original_bytes_and_reaps_the_retry_bytes():
+    async def scenario():
+        store, inc, _, deleted = await new_store(reap_delay_s=0)
+        request_id = rid()
+        original, retried = blob(), blob()
+        first = await store.commit(PutObject("bkt", inc, "k", blob_draft(original)), None, request_id, FAR)
+        again = await store.commit(PutObject("bkt", inc, "k", blob_draft(retried)), None, request_id, FAR)
+        assert again == first
+        # The original request id again, with the original bytes: still live, not reaped.
+        assert await store.commit(PutObject("bkt", inc, "k", blob_draft(original)), None, request_id, FAR) == first
+        await store.reap_now()
+        assert deleted.data_ids == [retried.data_id]
+        assert (await store.get("bkt", inc, "k")).record.body == original
+        await store.close()
+
+    run(scenario())
+
+
 def test_close_cancels_reaper_and_leaves_no_task():
     async def scenario():
         store, inc, _, deleted = await new_store(reap_delay_s=3600)
