@@ -18,8 +18,8 @@ signature of the Authorization header:
             sha256("") "\\n" sha256(data)), the zero chunk included;
 2. trailer: HMAC(key, "AWS4-HMAC-SHA256-TRAILER\\n" date "\\n" scope "\\n" previous "\\n"
             sha256(trailer lines, each "name:value\\n")), previous being the zero chunk's.
-   The lines are hashed as sent; if that does not match, in aws-c-auth's canonical
-   form (lower-case names, trimmed values, sorted by name).
+   The lines are hashed as sent; if that does not match, sorted (aws-c-auth signs
+   its trailers sorted by name; the names are lower case already).
 
 Data is yielded as soon as it arrives, before its chunk's signature is checked:
 it is provisional until iteration ends without an error, and callers must not
@@ -266,9 +266,7 @@ class AwsChunkedDecoder:
 
     def _check_trailer(self, lines: list[bytes], signature: bytes) -> None:
         as_sent = b"".join(text + b"\n" for text in lines)
-        canonical = b"".join(sorted(
-            name.strip().lower() + b":" + value.strip() + b"\n"
-            for name, _, value in (text.partition(b":") for text in lines)))
+        canonical = b"".join(sorted(text + b"\n" for text in lines))
         string_to_sign = ""
         for hashed in (as_sent, canonical) if canonical != as_sent else (as_sent,):
             string_to_sign = (f"AWS4-HMAC-SHA256-TRAILER\n{self._auth.amz_date}\n{self._auth.scope}\n"
