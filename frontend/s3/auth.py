@@ -35,6 +35,7 @@ import calendar
 import enum
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -47,9 +48,10 @@ from frontend.s3 import errors
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _SIGNING_KEY_CACHE_MAX = 4096
-_SAFE_PATH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~/")
-_SAFE_QUERY_CHARS = _SAFE_PATH_CHARS - {"/"}
-_HEX = frozenset("0123456789abcdefABCDEF")
+_CANONICAL_PATH = re.compile(r"[A-Za-z0-9\-_.~/]*").fullmatch
+_CANONICAL_QUERY_PART = re.compile(r"[A-Za-z0-9\-_.~]*").fullmatch
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}").fullmatch
+_DATE = re.compile(r"[0-9]{8}").fullmatch
 _PRESIGN_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature",
                    "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Expires")
 _USE_SIGV4 = "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
@@ -111,13 +113,13 @@ class _Signed:
 
 def uri_encode_path(raw_path: str) -> str:
     """Canonical URI: the path decoded, then URI-encoded once ('/' kept)."""
-    if all(char in _SAFE_PATH_CHARS for char in raw_path):
+    if _CANONICAL_PATH(raw_path):
         return raw_path
     return quote(unquote_to_bytes(raw_path), safe="/")
 
 
 def _encode_query_part(text: str) -> str:
-    if all(char in _SAFE_QUERY_CHARS for char in text):
+    if _CANONICAL_QUERY_PART(text):
         return text
     return quote(text.encode("utf-8", "surrogateescape"), safe="")
 
@@ -163,14 +165,6 @@ def _parse_amz_date(text: str) -> float | None:
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
         return None
     return float(calendar.timegm((year, month, day, hour, minute, second)))
-
-
-def _valid_calendar(text: str) -> bool:
-    try:
-        time.strptime(text, "%Y%m%d%H%M%S")
-    except ValueError:
-        return False
-    return True
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -388,7 +382,8 @@ def _parse_parts(credential: str, signed_headers_text: str, signature: str,
         raise error('The authorization header is malformed; the Credential is mal-formed; expecting '
                     '"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".')
     access_key, date, region, service, _ = parts
-    if not (len(date) == 8 and date.isascii() and date.isdigit() and _valid_calendar(date + "000000")):
+    # Only the form here: the date must equal X-Amz-Date's, whose fields are range-checked.
+    if not _DATE(date):
         raise error(f'The authorization header is malformed; Invalid credential date "{date}".')
     if not region:
         raise error("The authorization header is malformed; the region is empty.")
@@ -409,7 +404,7 @@ def _payload_mode(content_sha256: str) -> PayloadMode:
     mode = _LITERAL_MODES.get(content_sha256)
     if mode is not None:
         return mode
-    if len(content_sha256) == 64 and all(char in _HEX for char in content_sha256):
+    if _SHA256_HEX(content_sha256):
         return PayloadMode.SIGNED
     raise errors.InvalidArgument(
         "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, "
