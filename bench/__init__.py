@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs them; each prints the machine it ran on."""
