@@ -30,5 +30,8 @@ bench: $(STAMP)  ## the benchmarks, with the machine they ran on
 	$(BIN)/python -m bench.s3_bench $(ARGS)
 	$(BIN)/python -m bench.shardstore_bench
 
+bench-http: $(STAMP)  ## the HTTP server candidates (DESIGN §11) on the same minimal PUT/GET handler
+	$(BIN)/python -m bench.http_candidates $(ARGS)
+
 clean:  ## remove the environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
