@@ -75,6 +75,14 @@ def condition_holds(condition: Condition, record: ObjectRecord | None) -> bool:
     return True
 
 
+def refused_condition(condition: Condition, record: ObjectRecord | None, key: str) -> errors.S3Error:
+    """S3's answer to a write condition that does not hold: If-Match on an absent key is
+    NoSuchKey (404), as AWS answers; every other refusal is PreconditionFailed (412)."""
+    if isinstance(condition, IfMatch) and record is None:
+        return errors.NoSuchKey(Key=key)
+    return errors.PreconditionFailed(Condition="If-None-Match" if isinstance(condition, IfNoneMatchStar) else "If-Match")
+
+
 def storage_class(request: Request) -> str:
     value = request.headers.get("x-amz-storage-class", "STANDARD") or "STANDARD"
     if value not in _STORAGE_CLASSES:
@@ -96,7 +104,7 @@ async def put_object(services: Services, request: Request) -> Response:
     if condition is not None and not is_sdk_retry(request):
         current = await services.meta.get(bucket.name, bucket.incarnation, request.key)
         if not condition_holds(condition, current.record):
-            raise errors.PreconditionFailed(Condition="If-None-Match" if isinstance(condition, IfNoneMatchStar) else "If-Match")
+            raise refused_condition(condition, current.record, request.key)
     payload = open_payload(request, max_size=services.limits.MAX_PUT_SIZE,
                            max_chunk_bytes=services.limits.MAX_AWS_CHUNK_BYTES)
     body, size, md5_hex, checksums = await store_payload(services, payload, integrity, allow_inline=True)
@@ -121,7 +129,10 @@ async def commit_or_discard(services: Services, request: Request, mutation, cond
         if isinstance(body, BlobRef) and error.code != "OutcomeUnknown":
             await services.blobs.delete(body)
         if isinstance(error, StorePreconditionFailed):
-            raise errors.PreconditionFailed(Condition="If-None-Match" if isinstance(condition, IfNoneMatchStar) else "If-Match") from None
+            record = None
+            if isinstance(condition, IfMatch):  # absent (404) or another ETag (412)? The store's refusal does not say.
+                record = (await services.meta.get(mutation.bucket, mutation.bucket_incarnation, mutation.key)).record
+            raise refused_condition(condition, record, mutation.key) from None
         raise
 
 
