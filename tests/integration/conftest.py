@@ -110,15 +110,16 @@ def write_config(path: Path, users: list[User]) -> Path:
     return path
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen) -> tuple[int, bool]:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; returns (exit code, whether it had to be killed)."""
     if process.poll() is not None:
-        return
+        return process.returncode, False
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
+        return process.wait(timeout=STOP_TIMEOUT_S), False
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait(timeout=STOP_TIMEOUT_S)
+        return process.wait(timeout=STOP_TIMEOUT_S), True
 
 
 @contextlib.contextmanager
@@ -142,6 +143,9 @@ def start_server(directory: Path, *, tls: bool = False, config: Path | None = No
         for user in users or [User("admin", server.access_key, server.secret_key)]:
             server.users[user.name] = user
         yield server
+        code, killed = _stop(process)
+        # `cairn dev` promises to stop cleanly on SIGTERM, idle keep-alive clients or not.
+        assert not killed and code == 0, f"cairn dev exited {code} (killed: {killed}):\n{server.stderr()[-3000:]}"
     finally:
         _stop(process)
         if process.stdout is not None:
@@ -224,3 +228,9 @@ def pytest_configure(config):
 def client_factory():
     """`s3_client` as a fixture, so test modules need not import this conftest."""
     return s3_client
+
+
+@pytest.fixture(scope="session")
+def server_starter():
+    """`start_server` as a fixture, for modules that need their own kind of server."""
+    return start_server
