@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -251,11 +252,12 @@ class Node:
                 return
             start = page[-1][0] + b"\0"
 
-    def abandon(self) -> None:
+    def abandon(self) -> list[asyncio.Task]:
         """A simulated crash: stop at once, losing the overlay and everything queued.
         Cancelled requests then leave the disk alone (`abandoned`)."""
         self.abandoned = True
-        for task in list(self._tasks) + ([self._committer] if self._committer else []):
+        tasks = list(self._tasks) + ([self._committer] if self._committer else [])
+        for task in tasks:
             task.cancel()
         for queued in self._queue:
             if not queued.future.done():
@@ -263,6 +265,7 @@ class Node:
         self._queue.clear()
         self.index.close()
         self.failed = RuntimeError("node abandoned")
+        return tasks
 
     async def close(self) -> None:
         """A clean stop: wait for queued records, flush the index, close."""
@@ -586,7 +589,9 @@ class Node:
             future = self._enqueue(seq, header, entry, head.extent, position, head)
             queued = True
         except OSError as error:
-            raise DiskFull(f"write failed: {error}") from error
+            if error.errno == errno.ENOSPC:
+                raise DiskFull(f"write failed: {error}") from error
+            raise
         finally:
             if not queued and not self.abandoned:     # aborted before the trailer: cut it off
                 if steps and not steps[-1].done():
