@@ -13,6 +13,8 @@ requests, and returns after SIGINT/SIGTERM, having stopped cleanly:
    an idle client pool never sends;
 2. the signal is not re-raised (uvicorn's default), so the caller's cleanup runs
    and the process exits 0.
+A request the HTTP parser rejects (before the app sees it) is answered like any
+other error: S3 error XML (BadRequest) with an x-amz-request-id.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from common.config import Config
+from common.ids import new_http_request_id
 from common.seams import BlobStore, MetadataStore
+from frontend.s3 import errors
 from frontend.s3.app import S3App
 from frontend.s3.auth import Authenticator, User
 from frontend.s3.request import Services
@@ -49,6 +53,14 @@ class _Protocol(HttpToolsProtocol):
             self.transport.abort()          # step 1: no TLS close handshake with an idle peer
             return
         super().shutdown()
+
+    def send_400_response(self, msg: str) -> None:
+        request_id = new_http_request_id()
+        body = errors.BadRequest().to_xml("", request_id)
+        head = (f"HTTP/1.1 400 Bad Request\r\ncontent-type: application/xml\r\nx-amz-request-id: {request_id}\r\n"
+                f"server: Cairn\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n")
+        self.transport.write(head.encode("ascii") + body)
+        self.transport.close()
 
 
 class _Server(uvicorn.Server):

@@ -44,6 +44,7 @@ InternalError = _error("InternalError", 500, S3Error.message)
 AccessDenied = _error("AccessDenied", 403, "Access Denied")
 AuthorizationHeaderMalformed = _error("AuthorizationHeaderMalformed", 400, "The authorization header is malformed.")
 AuthorizationQueryParametersError = _error("AuthorizationQueryParametersError", 400, "Error parsing the X-Amz-Credential parameter.")
+BadRequest = _error("BadRequest", 400, "An error occurred when parsing the HTTP request.")
 BadDigest = _error("BadDigest", 400, "The Content-MD5 or checksum you specified did not match what we received.")
 BucketAlreadyExists = _error("BucketAlreadyExists", 409, "The requested bucket name is not available.")
 BucketAlreadyOwnedByYou = _error("BucketAlreadyOwnedByYou", 409, "Your previous request to create the named bucket succeeded and you already own it.")
@@ -105,6 +106,19 @@ _DOMAIN_TO_S3: dict[type[domain.StoreError], type[S3Error]] = {
 }
 
 
+# A store refusal's text is the name it refused (a bucket, an upload id) or an
+# internal detail, never a message for clients: the S3 message is the class's,
+# and the name travels as the field S3 puts it in.
+_NAME_FIELD: dict[type[domain.StoreError], str] = {
+    domain.NoSuchBucket: "BucketName", domain.BucketNotEmpty: "BucketName",
+    domain.BucketAlreadyExists: "BucketName", domain.BucketAlreadyOwnedByYou: "BucketName",
+    domain.NoSuchUpload: "UploadId",
+}
+
+
 def from_store_error(error: domain.StoreError) -> S3Error:
     """The S3 error a client sees for a store refusal."""
-    return _DOMAIN_TO_S3[type(error)](str(error) or None)
+    field = _NAME_FIELD.get(type(error))
+    if field is not None and error.args and isinstance(error.args[0], str):
+        return _DOMAIN_TO_S3[type(error)](**{field: error.args[0]})
+    return _DOMAIN_TO_S3[type(error)]()

@@ -155,6 +155,9 @@ def test_delete_bucket_not_empty_objects_and_uploads(alice, bucket):
     with pytest.raises(ClientError) as info:
         alice.delete_bucket(Bucket=bucket)
     assert code_of(info) == "NoSuchBucket"
+    # The message is S3's, not the store's internal text; the name is a field.
+    assert info.value.response["Error"]["Message"] == "The specified bucket does not exist."
+    assert info.value.response["Error"]["BucketName"] == bucket
 
 
 def test_get_bucket_versioning(alice, bucket):
@@ -623,6 +626,10 @@ def test_multipart_upload_lifecycle(alice, bucket):
     assert ranged == b"".join(parts_data)[5 * MiB - 10: 5 * MiB + 10]
     part = alice.get_object(Bucket=bucket, Key=key, PartNumber=2)
     assert part["Body"].read() == parts_data[1] and part["PartsCount"] == 3
+    assert part["ContentRange"] == f"bytes {5 * MiB}-{10 * MiB - 1}/{len(b''.join(parts_data))}"
+    with pytest.raises(ClientError) as info:
+        alice.get_object(Bucket=bucket, Key=key, PartNumber=2, Range="bytes=0-1")
+    assert code_of(info) == "InvalidRequest" and status_of(info) == 400
     assert alice.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     with pytest.raises(ClientError) as info:
         alice.list_parts(Bucket=bucket, Key=key, UploadId=upload)
@@ -664,7 +671,9 @@ def test_abort_multipart_upload(alice, bucket):
     assert alice.abort_multipart_upload(Bucket=bucket, Key="aborted", UploadId=upload)["ResponseMetadata"]["HTTPStatusCode"] == 204
     with pytest.raises(ClientError) as info:
         alice.list_parts(Bucket=bucket, Key="aborted", UploadId=upload)
-    assert code_of(info) == "NoSuchUpload"
+    assert code_of(info) == "NoSuchUpload" and status_of(info) == 404
+    assert info.value.response["Error"]["Message"].startswith("The specified multipart upload does not exist.")
+    assert info.value.response["Error"]["UploadId"] == upload
     with pytest.raises(ClientError) as info:
         alice.complete_multipart_upload(Bucket=bucket, Key="aborted", UploadId=upload,
                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"x"'}]})

@@ -522,6 +522,25 @@ def test_invalid_bucket_name_and_key_too_long(server):
     assert answer.status == 400 and answer.code in ("KeyTooLongError", "NoSuchBucket"), answer
 
 
+@pytest.mark.parametrize("head", [
+    b"PUT /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+    b"GET /b/k HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"PUT /b/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+])
+def test_request_the_http_parser_rejects_is_s3_error_xml(server, head):
+    with _raw_socket(server) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400"), received
+    assert b"x-amz-request-id: " in rest and b"content-type: application/xml" in rest
+    assert b"<Code>BadRequest</Code>" in rest
+
+
 def test_zz_server_logged_no_traceback(server):
     """Runs last in this module: no request above made the server log a traceback or a 500."""
     assert server.tracebacks() == [], server.stderr()[-5000:]

@@ -198,6 +198,8 @@ async def _read(services: Services, request: Request, *, head: bool) -> Response
     if record is None:
         raise errors.NoSuchKey(Key=request.key)
     if "partNumber" in request.query:
+        if request.headers.get("range"):
+            raise errors.InvalidRequest("Cannot specify both Range header and partNumber query parameter.")
         return await _read_part(services, request, record, head=head)
     check_read_conditions(request.headers, record)
     headers = object_headers(record)
