@@ -292,6 +292,72 @@ def test_aws_chunked_with_chunked_transfer_encoding_and_no_content_length(server
     assert get(server, bucket, "double-chunked").body == data
 
 
+def _signed_aws_chunked(server, target: str, data: bytes, chunk_bytes: int, trailer: tuple[str, str] | None,
+                        *, tamper_chunk: int | None = None) -> tuple[dict, bytes]:
+    """Headers and body of a STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] upload, every chunk signed."""
+    import hmac
+
+    mode = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" + ("-TRAILER" if trailer else "")
+    pieces = [data[start:start + chunk_bytes] for start in range(0, len(data), chunk_bytes)] + [b""]
+
+    def encode(signatures: list[str], trailer_signature: str) -> bytes:
+        out = b"".join(b"%x;chunk-signature=%s\r\n%s\r\n" % (len(piece), sig.encode(), piece)
+                       for piece, sig in zip(pieces[:-1], signatures))
+        out += b"0;chunk-signature=%s\r\n" % signatures[-1].encode()
+        if trailer:
+            out += f"{trailer[0]}:{trailer[1]}\r\nx-amz-trailer-signature:{trailer_signature}\r\n".encode()
+        return out + b"\r\n"
+
+    length = len(encode(["0" * 64] * len(pieces), "0" * 64))
+    headers = {"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data)),
+               "Content-Length": str(length)}
+    if trailer:
+        headers["x-amz-trailer"] = trailer[0]
+    headers = signed_headers(server, "PUT", target, headers, payload=mode)
+    seed = re.search(r"Signature=([0-9a-f]{64})", headers["Authorization"]).group(1)
+    amz_date = headers["X-Amz-Date"]
+    scope = f"{amz_date[:8]}/us-east-1/s3/aws4_request"
+    key = ("AWS4" + server.secret_key).encode()
+    for part in (amz_date[:8], "us-east-1", "s3", "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    previous, signatures = seed, []
+    empty = hashlib.sha256(b"").hexdigest()
+    for index, piece in enumerate(pieces):
+        signed = piece + (b"!" if index == tamper_chunk else b"")
+        text = f"AWS4-HMAC-SHA256-PAYLOAD\n{amz_date}\n{scope}\n{previous}\n{empty}\n{hashlib.sha256(signed).hexdigest()}"
+        previous = hmac.digest(key, text.encode(), "sha256").hex()
+        signatures.append(previous)
+    trailer_signature = ""
+    if trailer:
+        lines = f"{trailer[0]}:{trailer[1]}\n".encode()
+        text = f"AWS4-HMAC-SHA256-TRAILER\n{amz_date}\n{scope}\n{previous}\n{hashlib.sha256(lines).hexdigest()}"
+        trailer_signature = hmac.digest(key, text.encode(), "sha256").hex()
+    body = encode(signatures, trailer_signature)
+    assert len(body) == length
+    return headers, body
+
+
+@pytest.mark.parametrize("with_trailer", [False, True], ids=["signed-chunks", "signed-chunks-trailer"])
+def test_signed_aws_chunked_upload(server, bucket, with_trailer):
+    data = os.urandom(150_000)
+    for key, tamper, status, code in (("good", None, 200, None), ("tampered", 1, 403, "SignatureDoesNotMatch")):
+        target = f"/{bucket}/signed-{key}"
+        headers, body = _signed_aws_chunked(server, target, data, 65536,
+                                            ("x-amz-checksum-crc32", _crc32(data)) if with_trailer else None,
+                                            tamper_chunk=tamper)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            answer = send(connection, "PUT", target, headers, body)
+        finally:
+            connection.close()
+        assert answer.status == status and answer.code == code, answer
+    assert get(server, bucket, "signed-good").body == data
+    assert absent(server, bucket, "signed-tampered")
+    if with_trailer:
+        head = request(server, "HEAD", f"/{bucket}/signed-good", {"x-amz-checksum-mode": "ENABLED"})
+        assert head.headers["x-amz-checksum-crc32"] == _crc32(data)
+
+
 # -- malformed requests ------------------------------------------------------------------
 
 
