@@ -840,7 +840,7 @@ class Node:
                 continue
             self._readers[current.location.extent] = self._readers.get(current.location.extent, 0) + 1
             try:
-                intact = self._intact(current)
+                intact = await self._io(self._intact, current)
             finally:
                 self._readers[current.location.extent] -= 1
             if not intact:
