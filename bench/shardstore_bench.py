@@ -1,0 +1,175 @@
+"""Shardstore benchmark: one node process over gRPC on loopback.
+
+Reports, in one run on one filesystem: `dd conv=fsync` and `dd oflag=direct` write
+speed (the disk's own figures), PutShard MiB/s and GetShard MiB/s with 1 MiB chunks
+(several concurrent streams of SHARD_MIB shards), and 4 KiB puts/s at 32 concurrent
+clients — one PutShard call per shard, and the batched PutShards path — every put
+acknowledged only after fsync. Plus the machine (CPU model, cores).
+
+    .venv/bin/python -m bench.shardstore_bench [--dir DIR] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+from shardstore import shardstore_pb2 as pb
+from shardstore import shardstore_pb2_grpc as pb_grpc
+
+MiB = 1 << 20
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def dd(directory: str, flag: str, mib: int = 256) -> str:
+    target = os.path.join(directory, "dd.test")
+    try:
+        result = subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={mib}", flag],
+                                capture_output=True, text=True, timeout=120)
+        match = re.search(r"([\d.,]+ [GMk]?B/s)", result.stderr)
+        return match.group(1) if match else result.stderr.strip().splitlines()[-1]
+    finally:
+        if os.path.exists(target):
+            os.unlink(target)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shard_id(prefix: int, number: int) -> pb.ShardId:
+    return pb.ShardId(data_id=prefix.to_bytes(4, "big") + number.to_bytes(12, "big"), shard_index=0)
+
+
+async def put_large(stub, shard: pb.ShardId, payload: bytes, shard_mib: int) -> None:
+    async def messages():
+        yield pb.PutShardRequest(id=shard, length=shard_mib * MiB, data=payload)
+        for _ in range(shard_mib - 1):
+            yield pb.PutShardRequest(data=payload)
+    await stub.PutShard(messages(), timeout=120)
+
+
+async def large(address: str, shard_mib: int, shards: int, streams: int) -> tuple[float, float]:
+    payload = os.urandom(MiB)
+    options = [("grpc.max_receive_message_length", 8 * MiB)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = pb_grpc.ShardStoreStub(channel)
+        queue = list(range(shards))
+
+        async def putter():
+            while queue:
+                await put_large(stub, shard_id(1, queue.pop()), payload, shard_mib)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(putter() for _ in range(streams)))
+        put_mib_s = shards * shard_mib / (time.perf_counter() - started)
+
+        queue = list(range(shards))
+        received = 0
+
+        async def getter():
+            nonlocal received
+            while queue:
+                async for message in stub.GetShard(pb.GetShardRequest(id=shard_id(1, queue.pop())), timeout=120):
+                    received += len(message.data)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(getter() for _ in range(streams)))
+        get_mib_s = received / MiB / (time.perf_counter() - started)
+        assert received == shards * shard_mib * MiB
+    return put_mib_s, get_mib_s
+
+
+async def small(address: str, clients: int, seconds: float, batch: int, prefix: int) -> float:
+    payload = os.urandom(4096)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ShardStoreStub(channel)
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def client(number: int):
+            nonlocal done
+            sequence = 0
+            while time.perf_counter() < deadline:
+                if batch == 1:
+                    await stub.PutShard(iter([pb.PutShardRequest(id=shard_id(prefix + number, sequence), length=4096,
+                                                                 data=payload)]), timeout=30)
+                else:
+                    response = await stub.PutShards(pb.PutShardsRequest(shards=[
+                        pb.PutShardRequest(id=shard_id(prefix + number, sequence + i), length=4096, data=payload)
+                        for i in range(batch)]), timeout=30)
+                    assert all(outcome.code == 0 for outcome in response.outcomes)
+                sequence += batch
+                done += batch
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(number) for number in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.shardstore_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=None, help="directory on the filesystem to test (default: a temp dir)")
+    parser.add_argument("--shard-mib", type=int, default=64, help="large shard size in MiB (default 64)")
+    parser.add_argument("--shards", type=int, default=8, help="large shards to put and get (default 8)")
+    parser.add_argument("--streams", type=int, default=2, help="concurrent large-shard streams (default 2)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each small-put run (default 5)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent small-put clients (default 32)")
+    arguments = parser.parse_args(argv)
+    base = tempfile.mkdtemp(prefix="cairn-shardstore-bench-", dir=arguments.dir)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "shardstore.main", "--disk", os.path.join(base, "disk"),
+                                "--listen", address, "--no-scrub", "--log-level", "WARNING"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == f"listening: {address}"
+        print(f"machine: {machine()}")
+        print(f"filesystem dir: {base}")
+        print(f"dd bs=1M count=256 conv=fsync : {dd(base, 'conv=fsync')}")
+        print(f"dd bs=1M count=256 oflag=direct: {dd(base, 'oflag=direct')}")
+        put_mib_s, get_mib_s = asyncio.run(large(address, arguments.shard_mib, arguments.shards, arguments.streams))
+        print(f"PutShard {arguments.shards} x {arguments.shard_mib} MiB, 1 MiB chunks, {arguments.streams} streams: "
+              f"{put_mib_s:.0f} MiB/s (goal >= 250)")
+        print(f"GetShard same shards, {arguments.streams} streams: {get_mib_s:.0f} MiB/s (goal >= 400)")
+        single = asyncio.run(small(address, arguments.clients, arguments.seconds, 1, 1000))
+        print(f"4 KiB PutShard, one call per shard, {arguments.clients} clients: {single:.0f} puts/s (goal >= 2500)")
+        batched = asyncio.run(small(address, arguments.clients, arguments.seconds, 16, 2000))
+        print(f"4 KiB shards via PutShards batches of 16, {arguments.clients} clients: {batched:.0f} puts/s")
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
