@@ -47,7 +47,7 @@ import contextlib
 import errno
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator
 
 import xxhash
@@ -117,7 +117,6 @@ class Stats:
     free_bytes: int
     live_bytes: int
     fill_ratio: float
-    shard_count_estimate: int
     extent_count: int
     read_bytes_per_s: float
     write_bytes_per_s: float
@@ -125,12 +124,6 @@ class Stats:
     write_ops_per_s: float
     in_flight: int
     corrupt_count: int
-
-
-@dataclass
-class _Recovered:
-    records: list = field(default_factory=list)
-    torn: int = 0
 
 
 def _now_us() -> int:
@@ -720,7 +713,7 @@ class Node:
         return Stats(
             capacity_bytes=capacity, used_bytes=used, free_bytes=free, live_bytes=live,
             fill_ratio=(capacity - free) / capacity if capacity else 1.0,
-            shard_count_estimate=0, extent_count=len(self.extent_sizes),
+            extent_count=len(self.extent_sizes),
             read_bytes_per_s=self.heat.read_bytes.per_second(now_s),
             write_bytes_per_s=self.heat.write_bytes.per_second(now_s),
             read_ops_per_s=self.heat.read_ops.per_second(now_s),
