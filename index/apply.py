@@ -1,0 +1,383 @@
+"""Apply: the deterministic authority over a partition's records (DESIGN §3).
+
+Every index replica applies the committed journal entries of its own node's log
+in seq order. Apply reads nothing but the entry and the replica's state — no
+clock, no randomness, no local configuration (limits come from the partition's
+`M` record) — so one log gives identical contents and outcomes on every replica
+(invariant I6), which `tests/prop/test_index_apply.py` checks by replaying one
+journal into two fresh replicas and comparing their key/value pairs.
+
+Per entry, in order (the table of DESIGN §3):
+1. dense: the entry's seq is the applied seq + 1 (I1);
+2. expire at most DEDUP_EXPIRE_PER_ENTRY dedup rows older than the window (T order);
+3. request id already in D → the recorded outcome, applying nothing; data ids the
+   duplicate introduced and nothing references go to the reap queue G;
+4. entry.time > not_after → Expired (not recorded: the SDK's retry carries a new
+   not_after and may still apply);
+5. bucket absent or another incarnation → NoSuchBucket (not recorded);
+6. condition (PutObject, DeleteObject, CompleteUpload), upload, parts →
+   PreconditionFailed, NoSuchUpload, InvalidPart (recorded);
+7. the mutation; ids from (partition, seq), Last-Modified from entry.time; data
+   ids it displaces go to G at this seq; D records the outcome.
+A recorded refusal queues the data ids its entry introduced in G too, unless `L`
+holds them (they are referenced). `L` maps every referenced data id to its
+BlobRef (placement), so a data id referenced twice is caught deterministically
+and refused as InvariantViolation (never a crash of every replica at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import invariant
+from common.ids import decode_seq_id, encode_seq_id
+from common.seams import (
+    AbortUpload, BlobRef, BucketRecord, CompleteUpload, CreateBucket, CreateUpload, DeleteBucket,
+    DeleteObject, IfMatch, IfNoneMatchStar, Inline, Multipart, ObjectRecord, Outcome, PartRecord,
+    PutObject, PutPart, UploadRecord,
+)
+from index import codec, index_pb2, keys
+from index.state import Overlay
+
+APPLY_VERSION = 1
+DEDUP_EXPIRE_PER_ENTRY = 4
+INLINE_MAX_APPLY = 4096
+RECORDED_REFUSALS = frozenset({
+    "PreconditionFailed", "NoSuchUpload", "InvalidPart", "BucketNotEmpty",
+    "BucketAlreadyExists", "BucketAlreadyOwnedByYou", "InvariantViolation",
+})
+_APPLY_STATE = keys.meta_key("apply")
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    epoch: int
+    seq: int
+    time_us: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Applied:
+    """An entry's deterministic result: status "OK" with an outcome, or an error code."""
+
+    seq: int
+    time_us: int
+    status: str
+    outcome: Outcome | None = None
+    request_id: bytes = b""
+
+
+class Refusal(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def apply_state(view) -> index_pb2.ApplyState:
+    raw = view.get(_APPLY_STATE)
+    return codec.load(raw, index_pb2.ApplyState) if raw is not None else index_pb2.ApplyState()
+
+
+def initial_state(view: Overlay, *, partition: int, dedup_window_us: int, max_write_age_us: int) -> None:
+    """The `M` record a partition starts with (its first entry sets the same in the cluster)."""
+    state = index_pb2.ApplyState(partition=partition, apply_version=APPLY_VERSION,
+                                 dedup_window_us=dedup_window_us, max_write_age_us=max_write_age_us)
+    view.put(_APPLY_STATE, codec.dump(state))
+
+
+def apply_entry(view: Overlay, entry: JournalEntry) -> Applied:
+    state = apply_state(view)
+    invariant(entry.seq == state.seq + 1, f"journal gap: applying seq {entry.seq} after {state.seq}")
+    invariant(entry.time_us > state.time_us, "entry time must increase with seq")
+    mutation, condition, request_id, not_after_us = codec.decode_command(entry.payload)
+    _expire_dedup(view, entry.time_us, state.dedup_window_us)
+    state.seq, state.time_us, state.epoch = entry.seq, entry.time_us, entry.epoch
+    view.put(_APPLY_STATE, codec.dump(state))
+    recorded = view.get(keys.dedup_key(request_id))
+    if recorded is not None:
+        record = codec.load(recorded, index_pb2.DedupRecord)
+        _reap_unreferenced(view, entry, _introduced(mutation))
+        outcome = codec.from_message_outcome(record.outcome) if not record.refusal else None
+        return Applied(entry.seq, entry.time_us, record.refusal or "OK", outcome, request_id)
+    if entry.time_us > not_after_us:
+        return Applied(entry.seq, entry.time_us, "Expired", None, request_id)
+    context = _Context(view, entry, state.partition)
+    try:
+        outcome = context.apply(mutation, condition)
+    except Refusal as refusal:
+        if refusal.code in RECORDED_REFUSALS:
+            _record(view, request_id, entry.time_us, None, refusal.code)
+            _reap_unreferenced(view, entry, _introduced(mutation))
+        return Applied(entry.seq, entry.time_us, refusal.code, None, request_id)
+    _record(view, request_id, entry.time_us, outcome, "")
+    return Applied(entry.seq, entry.time_us, "OK", outcome, request_id)
+
+
+def _record(view: Overlay, request_id: bytes, time_us: int, outcome: Outcome | None, refusal: str) -> None:
+    record = index_pb2.DedupRecord(refusal=refusal, time_us=time_us)
+    if outcome is not None:
+        record.outcome.CopyFrom(index_pb2.Outcome(
+            seq=outcome.seq, time_us=outcome.time_us, version_id=outcome.version_id or "",
+            upload_id=outcome.upload_id or "", bucket_incarnation=outcome.bucket_incarnation or ""))
+    view.put(keys.dedup_key(request_id), codec.dump(record))
+    view.put(keys.dedup_expiry_key(time_us, request_id), b"")
+
+
+def _expire_dedup(view: Overlay, now_us: int, window_us: int) -> None:
+    if window_us <= 0 or now_us <= window_us:
+        return
+    horizon = keys.DEDUP_EXPIRY + keys.u64(now_us - window_us)
+    expired = []
+    for key, _ in view.scan(keys.DEDUP_EXPIRY, horizon):
+        expired.append(key)
+        if len(expired) == DEDUP_EXPIRE_PER_ENTRY:
+            break
+    for key in expired:
+        view.delete(key)
+        view.delete(keys.DEDUP + key[1 + 8:])
+
+
+def _introduced(mutation) -> tuple[BlobRef, ...]:
+    if isinstance(mutation, PutObject) and isinstance(mutation.draft.body, BlobRef):
+        return (mutation.draft.body,)
+    if isinstance(mutation, PutPart):
+        return (mutation.part.blob,)
+    return ()
+
+
+def _reap_unreferenced(view: Overlay, entry: JournalEntry, refs: tuple[BlobRef, ...]) -> None:
+    loose = tuple(ref for ref in refs if view.get(keys.PLACEMENT + ref.data_id) is None)
+    if loose:
+        _queue_reap(view, entry, loose)
+
+
+def _queue_reap(view: Overlay, entry: JournalEntry, refs) -> None:
+    refs = tuple(refs)
+    if not refs:
+        return
+    key = keys.reap_key(entry.seq)
+    existing = view.get(key)
+    record = codec.load(existing, index_pb2.ReapRecord) if existing is not None else index_pb2.ReapRecord(time_us=entry.time_us)
+    for ref in refs:
+        codec.to_message(ref, record.blobs.add())
+    view.put(key, codec.dump(record))
+
+
+def body_blobs(body) -> tuple[BlobRef, ...]:
+    if isinstance(body, BlobRef):
+        return (body,)
+    if isinstance(body, Multipart):
+        return tuple(part.blob for part in body.parts)
+    return ()
+
+
+class _Context:
+    """One entry's application; raises Refusal before writing anything."""
+
+    def __init__(self, view: Overlay, entry: JournalEntry, partition: int) -> None:
+        self.view = view
+        self.entry = entry
+        self.partition = partition
+        self.now_us = entry.time_us
+        self.seq = entry.seq
+
+    def apply(self, mutation, condition) -> Outcome:
+        if isinstance(mutation, CreateBucket):
+            return self.create_bucket(mutation)
+        bucket = self.bucket(mutation.bucket, mutation.bucket_incarnation)
+        if condition is not None and not isinstance(mutation, (PutObject, DeleteObject, CompleteUpload)):
+            raise Refusal("InvariantViolation")
+        handler = {
+            DeleteBucket: self.delete_bucket, PutObject: self.put_object, DeleteObject: self.delete_object,
+            CreateUpload: self.create_upload, PutPart: self.put_part, CompleteUpload: self.complete_upload,
+            AbortUpload: self.abort_upload,
+        }[type(mutation)]
+        return handler(bucket, mutation, condition)
+
+    # ---------------------------------------------------------------- checks
+
+    def bucket(self, name: str, incarnation: str) -> BucketRecord:
+        raw = self.view.get(keys.bucket_key(name))
+        record = codec.load_record(raw, BucketRecord) if raw is not None else None
+        if record is None or record.incarnation != incarnation:
+            raise Refusal("NoSuchBucket")
+        return record
+
+    def current(self, bucket: str, key: str) -> ObjectRecord | None:
+        raw = self.view.get(keys.current_key(bucket, key))
+        return codec.load_record(raw, ObjectRecord) if raw is not None else None
+
+    def check_condition(self, current: ObjectRecord | None, condition) -> None:
+        if isinstance(condition, IfNoneMatchStar) and current is not None:
+            raise Refusal("PreconditionFailed")
+        if isinstance(condition, IfMatch):
+            wanted = condition.etag.strip('"')
+            if current is None or (wanted != "*" and current.etag != wanted):
+                raise Refusal("PreconditionFailed")
+
+    def check_new(self, refs) -> None:
+        seen = set()
+        for ref in refs:
+            if ref.data_id in seen or self.view.get(keys.PLACEMENT + ref.data_id) is not None:
+                raise Refusal("InvariantViolation")
+            seen.add(ref.data_id)
+
+    def check_draft(self, draft) -> None:
+        body = draft.body
+        if isinstance(body, Inline):
+            if len(body.data) > INLINE_MAX_APPLY or draft.size != len(body.data):
+                raise Refusal("InvariantViolation")
+        elif isinstance(body, BlobRef):
+            if draft.size != body.size:
+                raise Refusal("InvariantViolation")
+            self.check_new((body,))
+        else:
+            raise Refusal("InvariantViolation")
+
+    def upload(self, bucket: str, key: str, upload_id: str) -> tuple[int, UploadRecord]:
+        decoded = decode_seq_id(upload_id)
+        if decoded is None or decoded[0] != self.partition:
+            raise Refusal("NoSuchUpload")
+        raw = self.view.get(keys.upload_key(bucket, key, decoded[1]))
+        if raw is None:
+            raise Refusal("NoSuchUpload")
+        return decoded[1], codec.load_record(raw, UploadRecord)
+
+    def parts(self, bucket: str, key: str, upload_seq: int) -> dict[int, PartRecord]:
+        prefix = keys.part_prefix(bucket, key, upload_seq)
+        return {
+            record.part_number: record
+            for record in (codec.load_record(value, PartRecord) for _, value in self.view.scan(prefix, keys.prefix_successor(prefix)))
+        }
+
+    # ---------------------------------------------------------------- effects
+
+    def reference(self, refs) -> None:
+        for ref in refs:
+            self.view.put(keys.PLACEMENT + ref.data_id, codec.dump_record(ref))
+
+    def displace(self, refs) -> None:
+        refs = tuple(refs)
+        for ref in refs:
+            self.view.delete(keys.PLACEMENT + ref.data_id)
+        _queue_reap(self.view, self.entry, refs)
+
+    def install(self, bucket: str, key: str, draft) -> str:
+        version_id = encode_seq_id(self.partition, self.seq)
+        previous = self.current(bucket, key)
+        if previous is not None:
+            self.displace(body_blobs(previous.body))
+        record = ObjectRecord(
+            key=key, version_id=version_id, seq=self.seq, last_modified_us=self.now_us,
+            size=draft.size, etag=draft.etag, body=draft.body, content_headers=draft.content_headers,
+            user_metadata=draft.user_metadata, checksums=draft.checksums,
+            checksum_type=draft.checksum_type, storage_class=draft.storage_class,
+        )
+        self.view.put(keys.current_key(bucket, key), codec.dump_record(record))
+        self.reference(body_blobs(draft.body))
+        return version_id
+
+    # ---------------------------------------------------------------- mutations
+
+    def create_bucket(self, mutation: CreateBucket) -> Outcome:
+        raw = self.view.get(keys.bucket_key(mutation.bucket))
+        if raw is not None:
+            existing = codec.load_record(raw, BucketRecord)
+            raise Refusal("BucketAlreadyOwnedByYou" if existing.owner == mutation.owner else "BucketAlreadyExists")
+        incarnation = encode_seq_id(self.partition, self.seq)
+        record = BucketRecord(name=mutation.bucket, owner=mutation.owner, incarnation=incarnation,
+                              region=mutation.region, created_us=self.now_us)
+        self.view.put(keys.bucket_key(mutation.bucket), codec.dump_record(record))
+        return Outcome(seq=self.seq, time_us=self.now_us, bucket_incarnation=incarnation)
+
+    def delete_bucket(self, bucket: BucketRecord, mutation: DeleteBucket, condition) -> Outcome:
+        for prefix in (keys.current_prefix(bucket.name), keys.upload_prefix(bucket.name)):
+            if self.view.any_in(prefix, keys.prefix_successor(prefix)):
+                raise Refusal("BucketNotEmpty")
+        self.view.delete(keys.bucket_key(bucket.name))
+        return Outcome(seq=self.seq, time_us=self.now_us)
+
+    def put_object(self, bucket: BucketRecord, mutation: PutObject, condition) -> Outcome:
+        self.check_condition(self.current(bucket.name, mutation.key), condition)
+        self.check_draft(mutation.draft)
+        version_id = self.install(bucket.name, mutation.key, mutation.draft)
+        return Outcome(seq=self.seq, time_us=self.now_us, version_id=version_id)
+
+    def delete_object(self, bucket: BucketRecord, mutation: DeleteObject, condition) -> Outcome:
+        current = self.current(bucket.name, mutation.key)
+        self.check_condition(current, condition)
+        if current is not None:
+            self.view.delete(keys.current_key(bucket.name, mutation.key))
+            self.displace(body_blobs(current.body))
+        return Outcome(seq=self.seq, time_us=self.now_us)
+
+    def create_upload(self, bucket: BucketRecord, mutation: CreateUpload, condition) -> Outcome:
+        upload_id = encode_seq_id(self.partition, self.seq)
+        draft = mutation.upload
+        record = UploadRecord(
+            key=mutation.key, upload_id=upload_id, initiated_us=self.now_us, owner=draft.owner,
+            content_headers=draft.content_headers, user_metadata=draft.user_metadata,
+            checksum_algorithm=draft.checksum_algorithm, checksum_type=draft.checksum_type,
+            storage_class=draft.storage_class,
+        )
+        self.view.put(keys.upload_key(bucket.name, mutation.key, self.seq), codec.dump_record(record))
+        return Outcome(seq=self.seq, time_us=self.now_us, upload_id=upload_id)
+
+    def put_part(self, bucket: BucketRecord, mutation: PutPart, condition) -> Outcome:
+        upload_seq, _ = self.upload(bucket.name, mutation.key, mutation.upload_id)
+        part = mutation.part
+        if not 1 <= mutation.part_number <= 10_000 or part.size != part.blob.size:
+            raise Refusal("InvariantViolation")
+        self.check_new((part.blob,))
+        key = keys.part_key(bucket.name, mutation.key, upload_seq, mutation.part_number)
+        previous = self.view.get(key)
+        if previous is not None:
+            self.displace((codec.load_record(previous, PartRecord).blob,))
+        record = PartRecord(part_number=mutation.part_number, size=part.size, etag=part.etag,
+                            blob=part.blob, last_modified_us=self.now_us, checksums=part.checksums)
+        self.view.put(key, codec.dump_record(record))
+        self.reference((part.blob,))
+        return Outcome(seq=self.seq, time_us=self.now_us)
+
+    def complete_upload(self, bucket: BucketRecord, mutation: CompleteUpload, condition) -> Outcome:
+        self.check_condition(self.current(bucket.name, mutation.key), condition)
+        upload_seq, _ = self.upload(bucket.name, mutation.key, mutation.upload_id)
+        stored = self.parts(bucket.name, mutation.key, upload_seq)
+        listed = set()
+        for completed in mutation.parts:
+            part = stored.get(completed.part_number)
+            if part is None or part.blob.data_id != completed.data_id or part.etag != completed.etag.strip('"'):
+                raise Refusal("InvalidPart")
+            listed.add(completed.part_number)
+        draft = mutation.draft
+        body = draft.body
+        if not isinstance(body, Multipart) or body.upload_id != mutation.upload_id or len(listed) != len(mutation.parts):
+            raise Refusal("InvariantViolation")
+        if sorted(p.blob.data_id for p in body.parts) != sorted(stored[n].blob.data_id for n in listed):
+            raise Refusal("InvariantViolation")
+        offset = 0
+        for part in body.parts:
+            if part.offset != offset or part.size != part.blob.size:
+                raise Refusal("InvariantViolation")
+            offset += part.size
+        if offset != draft.size:
+            raise Refusal("InvariantViolation")
+        self.remove_upload(bucket.name, mutation.key, upload_seq, stored)
+        self.displace(part.blob for number, part in sorted(stored.items()) if number not in listed)
+        for number in listed:   # the listed parts pass to the new version
+            self.view.delete(keys.PLACEMENT + stored[number].blob.data_id)
+        version_id = self.install(bucket.name, mutation.key, draft)
+        return Outcome(seq=self.seq, time_us=self.now_us, version_id=version_id)
+
+    def abort_upload(self, bucket: BucketRecord, mutation: AbortUpload, condition) -> Outcome:
+        upload_seq, _ = self.upload(bucket.name, mutation.key, mutation.upload_id)
+        stored = self.parts(bucket.name, mutation.key, upload_seq)
+        self.remove_upload(bucket.name, mutation.key, upload_seq, stored)
+        self.displace(part.blob for _, part in sorted(stored.items()))
+        return Outcome(seq=self.seq, time_us=self.now_us)
+
+    def remove_upload(self, bucket: str, key: str, upload_seq: int, stored: dict[int, PartRecord]) -> None:
+        self.view.delete(keys.upload_key(bucket, key, upload_seq))
+        for number in stored:
+            self.view.delete(keys.part_key(bucket, key, upload_seq, number))
