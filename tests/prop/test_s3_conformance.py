@@ -30,6 +30,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def server(tmp_path_factory):
                 endpoint = line.split(": ", 1)[1].strip()
             if time.monotonic() > deadline:
                 raise RuntimeError("cairn dev did not print its endpoint within 60 s")
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep its stdout pipe from filling
         client = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
             region_name="us-east-1",
@@ -107,14 +109,15 @@ small_bodies = st.binary(max_size=3 * 1024)
 large_bodies = st.tuples(st.integers(5 * 1024, 20 * 1024), st.integers(0, 2**32)).map(
     lambda size_seed: random.Random(size_seed[1]).randbytes(size_seed[0]))
 bodies = st.one_of(small_bodies, small_bodies, small_bodies, large_bodies)
-part_bodies = st.one_of(st.binary(min_size=MIN_PART_SIZE, max_size=2 * MIN_PART_SIZE), st.binary(max_size=MIN_PART_SIZE))
+large_parts = st.binary(min_size=MIN_PART_SIZE, max_size=2 * MIN_PART_SIZE)
+part_bodies = st.one_of(large_parts, large_parts, st.binary(max_size=MIN_PART_SIZE))
 metadata = st.dictionaries(st.sampled_from(["color", "x-trace", "n"]), st.sampled_from(["red", "Blue Sky", "1-2", "a=b"]),
                            max_size=2)
 content_types = st.sampled_from([None, "text/plain", "application/x-thing; charset=utf-8"])
 ranges = st.one_of(
-    st.tuples(st.integers(0, 6000), st.integers(0, 6000)).map(lambda r: f"bytes={min(r)}-{max(r)}"),
-    st.integers(0, 6000).map(lambda first: f"bytes={first}-"),
-    st.integers(0, 6000).map(lambda length: f"bytes=-{length}"),
+    st.tuples(st.integers(0, 3500), st.integers(0, 3500)).map(lambda r: f"bytes={min(r)}-{max(r)}"),
+    st.integers(0, 3500).map(lambda first: f"bytes={first}-"),
+    st.integers(0, 3500).map(lambda length: f"bytes=-{length}"),
 )
 BUCKET_SUFFIXES = ["b0", "b1", "b2"]
 INVALID_BUCKET_NAMES = ["ab", "Bad-Name", "bad_name", "-abc", "192.168.1.1", "a..b"]
@@ -215,7 +218,7 @@ class S3Conformance(RuleBasedStateMachine):
     def create_invalid_bucket(self, name):
         self.expect(self.model.create_bucket(name), self.call("create_bucket", Bucket=name), f"CreateBucket {name!r}")
 
-    @rule(suffix=st.sampled_from(BUCKET_SUFFIXES))
+    @rule(suffix=st.sampled_from(BUCKET_SUFFIXES + ["b2"] * 3))  # mostly absent: a deleted bucket ends a run's object work
     def delete_bucket(self, suffix):
         name = self.bucket(suffix)
         self.expect(self.model.delete_bucket(name), self.call("delete_bucket", Bucket=name), f"DeleteBucket {name}")
@@ -260,8 +263,8 @@ class S3Conformance(RuleBasedStateMachine):
         bucket = self.bucket(suffix)
         key = self.existing_or_new_key(data, suffix)
         byte_range = data.draw(st.one_of(st.none(), ranges), label="range")
-        if_match = self.etag_condition(data, suffix, key) if data.draw(st.booleans(), label="if-match") else None
-        if_none_match = self.etag_condition(data, suffix, key) if data.draw(st.booleans(), label="if-none") else None
+        if_match = self.etag_condition(data, suffix, key) if data.draw(st.integers(0, 2), label="if-match") == 0 else None
+        if_none_match = self.etag_condition(data, suffix, key) if data.draw(st.integers(0, 2), label="if-none") == 0 else None
         arguments = dict(Bucket=bucket, Key=key)
         for name, value in (("Range", byte_range), ("IfMatch", if_match), ("IfNoneMatch", if_none_match)):
             if value is not None:
@@ -287,8 +290,8 @@ class S3Conformance(RuleBasedStateMachine):
     def head_object(self, data, suffix):
         bucket = self.bucket(suffix)
         key = self.existing_or_new_key(data, suffix)
-        if_match = self.etag_condition(data, suffix, key) if data.draw(st.booleans(), label="if-match") else None
-        if_none_match = self.etag_condition(data, suffix, key) if data.draw(st.booleans(), label="if-none") else None
+        if_match = self.etag_condition(data, suffix, key) if data.draw(st.integers(0, 2), label="if-match") == 0 else None
+        if_none_match = self.etag_condition(data, suffix, key) if data.draw(st.integers(0, 2), label="if-none") == 0 else None
         arguments = dict(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         if if_match is not None:
             arguments["IfMatch"] = if_match
@@ -383,8 +386,20 @@ class S3Conformance(RuleBasedStateMachine):
 
     @rule(data=st.data(), suffix=st.sampled_from(BUCKET_SUFFIXES[:2]), metadata=metadata, content_type=content_types)
     def create_multipart_upload(self, data, suffix, metadata, content_type):
-        bucket = self.bucket(suffix)
-        key = self.existing_or_new_key(data, suffix)
+        self.start_upload(self.bucket(suffix), self.existing_or_new_key(data, suffix), metadata, content_type)
+
+    @rule(data=st.data(), suffix=st.sampled_from(BUCKET_SUFFIXES[:2]), metadata=metadata, content_type=content_types,
+          bodies=st.lists(large_parts, max_size=2), last=part_bodies)
+    def multipart_upload_whole(self, data, suffix, metadata, content_type, bodies, last):
+        """Create, upload 1-3 parts, complete with all of them: multipart objects in most runs."""
+        bucket, key = self.bucket(suffix), self.existing_or_new_key(data, suffix)
+        upload_id = self.start_upload(bucket, key, metadata, content_type)
+        if upload_id is not None:
+            for number, body in enumerate(bodies + [last], start=1):
+                self.send_part(upload_id, bucket, key, number, body)
+            self.complete(upload_id, bucket, key, [(n, p.etag) for n, p in sorted(self.model.uploads[upload_id].parts.items())])
+
+    def start_upload(self, bucket, key, metadata, content_type) -> str | None:
         arguments = dict(Bucket=bucket, Key=key, Metadata=metadata, ChecksumAlgorithm="CRC32")
         if content_type:
             arguments["ContentType"] = content_type
@@ -394,6 +409,8 @@ class S3Conformance(RuleBasedStateMachine):
             assert response["UploadId"] and response["UploadId"] not in self.upload_ids.values(), "upload id reused"
             assert (response["Bucket"], response["Key"]) == (bucket, key)
             self.upload_ids[expected.upload_id] = response["UploadId"]
+            return expected.upload_id
+        return None
 
     def draw_upload(self, data):
         """(model upload id, bucket, key): an upload that exists, ended, or never did; sometimes the wrong key."""
@@ -409,7 +426,9 @@ class S3Conformance(RuleBasedStateMachine):
 
     @rule(data=st.data(), part_number=st.integers(1, 4), body=part_bodies)
     def upload_part(self, data, part_number, body):
-        upload_id, bucket, key = self.draw_upload(data)
+        self.send_part(*self.draw_upload(data), part_number, body)
+
+    def send_part(self, upload_id, bucket, key, part_number, body):
         expected = self.model.upload_part(bucket, key, upload_id, part_number, body)
         answer = self.call("upload_part", Bucket=bucket, Key=key, UploadId=self.upload_ids[upload_id],
                            PartNumber=part_number, Body=body)
@@ -424,14 +443,20 @@ class S3Conformance(RuleBasedStateMachine):
         upload = self.model.uploads.get(upload_id)
         uploaded = sorted(upload.parts.items()) if upload else []
         listed = [(number, part.etag) for number, part in uploaded if data.draw(st.integers(0, 4), label="keep") > 0]
-        mistake = data.draw(st.sampled_from([None, None, None, "order", "etag", "missing"]), label="mistake")
+        mistake = data.draw(st.sampled_from([None] * 6 + ["order", "etag", "missing"]), label="mistake")
         if mistake == "order" and len(listed) > 1:
             listed[0], listed[1] = listed[1], listed[0]
         elif mistake == "etag" and listed:
             listed[-1] = (listed[-1][0], '"ffffffffffffffffffffffffffffffff"')
         elif mistake == "missing" or not listed:
             listed.append((max([number for number, _ in listed] + [0]) + 1 + data.draw(st.integers(0, 2)), '"00"'))
-        condition = self.etag_condition(data, bucket[len(self.namespace):], key)
+        condition = None
+        if data.draw(st.integers(0, 2), label="conditional") == 0:
+            condition = self.etag_condition(data, bucket[len(self.namespace):], key)
+        self.complete(upload_id, bucket, key, listed, condition)
+
+    def complete(self, upload_id, bucket, key, listed, condition=None):
+        upload = self.model.uploads.get(upload_id)
         parts = []
         for number, etag in listed:
             part = {"PartNumber": number, "ETag": etag}
@@ -514,8 +539,10 @@ def machine_client(server):
 
 
 TestServerAgreesWithTheModel = S3Conformance.TestCase
+if DEEP:  # the deep profile outlives the default per-test timeout
+    TestServerAgreesWithTheModel = pytest.mark.timeout(4 * 3600)(TestServerAgreesWithTheModel)
 TestServerAgreesWithTheModel.settings = settings(
-    max_examples=2000 if DEEP else 150,
+    max_examples=2000 if DEEP else 400,
     stateful_step_count=100 if DEEP else 60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
