@@ -123,9 +123,12 @@ class ToyReplica:
     dedup: dict = field(default_factory=dict)            # request id -> (seq, time, status)
     mutations: dict = field(default_factory=dict)        # request id -> times it mutated (<= 1)
     applied: int = 0
+    applied_time_us: int = 0
 
     def apply(self, entry) -> tuple[int, int, str]:
         invariant(entry.seq == self.applied + 1, f"I1: apply of seq {entry.seq} after {self.applied}")
+        invariant(entry.time_us > self.applied_time_us, f"entry time not monotone in seq at {entry.seq}")
+        self.applied_time_us = entry.time_us
         op = json.loads(entry.payload)
         request_id = entry.request_id
         if request_id in self.dedup:
