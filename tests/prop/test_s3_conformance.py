@@ -12,7 +12,7 @@ synchronous) runs each sequence against ONE server process, started once for the
 module with MIN_PART_SIZE = 1 KiB from a config file and stopped at the end, and
 against a fresh model. Each run owns a random bucket-name prefix and deletes
 what it created in teardown, so runs are independent. Keys come from a small
-alphabet with '/', ' ', '+', 'é' and an emoji so prefixes and delimiters
+alphabet with '/', ' ', '+', '%', 'é' and an emoji so prefixes and delimiters
 collide; bodies are 0-3 KiB, sometimes 5-20 KiB (above INLINE_MAX). Ids and
 times are compared structurally: upload ids are mapped, never predicted;
 Last-Modified is a UTC time inside the run, equal (to the second) wherever one
@@ -101,7 +101,7 @@ def server(tmp_path_factory):
 
 # ---- strategies ---------------------------------------------------------------
 
-KEY_ALPHABET = ["a", "b", "/", " ", "+", "é", "\U0001F600"]
+KEY_ALPHABET = ["a", "b", "/", " ", "+", "%", "é", "\U0001F600"]
 keys = st.text(alphabet=KEY_ALPHABET, min_size=1, max_size=5)
 prefixes = st.text(alphabet=KEY_ALPHABET, max_size=2)
 delimiters = st.sampled_from([None, "/", "/", "b", "é", "a/"])
