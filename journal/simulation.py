@@ -98,7 +98,10 @@ CRASHY = FaultModel("crashy", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), c
 # Long outages: the head answers "retry" past ACK_WAIT, clients pass their deadline (ambiguous outcomes).
 OUTAGE = FaultModel("outage", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), crash_per_effect=0.006,
                     max_crashes=2, downtime_us=(50_000, 300_000), clock_skew_us=2_000)
-PROFILES = {model.name: model for model in (CALM, LOSSY, CRASHY, OUTAGE)}
+# Many crashes per run (still at most one node out of service at a time).
+STORM = FaultModel("storm", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), crash_per_effect=0.02,
+                   max_crashes=8, downtime_us=(5_000, 60_000), clock_skew_us=2_000)
+PROFILES = {model.name: model for model in (CALM, LOSSY, CRASHY, OUTAGE, STORM)}
 
 
 @dataclass(frozen=True)
