@@ -309,6 +309,11 @@ def test_any_single_byte_change_of_a_signed_stream_is_refused(stream, data):
 def test_truncated_signed_stream_is_refused(stream, data):
     mode, body, wire, _ = stream
     length = data.draw(st.integers(0, len(wire) - 1))
+    if wire[length:] == b"\r\n" and mode is PayloadMode.STREAMING_SIGNED_TRAILER:
+        # Only the closing blank line after a signed trailer is missing: every signed
+        # byte arrived, and the decoder accepts it (some clients omit it).
+        assert decode(wire[:length], auth_result(mode, SEED), decoded_length=len(body))[0] == body
+        return
     with pytest.raises(errors.S3Error):
         decode(wire[:length], auth_result(mode, SEED), decoded_length=len(body))
 
