@@ -72,7 +72,13 @@ class SnapshotView:
         self.snapshot = snapshot
 
     def get(self, key: bytes) -> bytes | None:
-        return self.snapshot.get(key)
+        # rocksdict snapshots have no get(); a point read through a bounded
+        # iterator seek stays on the snapshot.
+        iterator = self.snapshot.iter()
+        iterator.seek(key)
+        if iterator.valid() and iterator.key() == key:
+            return iterator.value()
+        return None
 
     def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         return _scan(self.snapshot, start, end)

@@ -31,7 +31,10 @@ from common.seams import (
     PutObject, PutPart, UploadDraft,
 )
 from index import apply, codec
+from index.client import ClusterMetadataStore
+from index.inprocess import InProcessTransport
 from index.local import LocalIndex
+from index.replica import IndexReplica
 from index.rocks import RocksView
 from index.state import MemoryView, Overlay
 from spec.metadata_model import InMemoryMetadataStore
@@ -72,7 +75,7 @@ class ApplyAgreesWithReference(RuleBasedStateMachine):
         limits = Limits()
         self.model = InMemoryMetadataStore(blobs_delete=_never_called, limits=limits, clock_us=_clock(), reap_delay_s=1e9)
         self.view = MemoryView()
-        self.index = LocalIndex(self.view, limits=limits, clock_us=_clock())
+        self.index = self.make_index(limits)
         self.incarnations: dict[str, tuple[str, str]] = {}   # bucket -> (model's, index's)
         self.uploads: list[tuple[str, str, str, str]] = []   # (bucket, key, model id, index id)
         self.parts: dict[tuple[int, int], tuple[BlobRef, str]] = {}
@@ -81,6 +84,9 @@ class ApplyAgreesWithReference(RuleBasedStateMachine):
         self.counter = 0
         for bucket in BUCKETS:   # most steps should find their bucket; delete_bucket and create_bucket still vary it
             self.create_bucket(bucket, "ann")
+
+    def make_index(self, limits):
+        return LocalIndex(self.view, limits=limits, clock_us=_clock())
 
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
@@ -287,6 +293,28 @@ class ApplyAgreesWithReference(RuleBasedStateMachine):
             shutil.rmtree(directory, ignore_errors=True)
 
 
+class ThroughTheWire(ApplyAgreesWithReference):
+    """The same comparison, with the index side reached the way a frontend reaches it:
+    commands and answers encoded (index/client.py), applied and read by an
+    IndexReplica over RocksDB (index/replica.py)."""
+
+    def make_index(self, limits):
+        self.directory = tempfile.mkdtemp(prefix="cairn-replica-")
+        replica = IndexReplica(os.path.join(self.directory, "replica"), limits=limits)
+        return ClusterMetadataStore(InProcessTransport(replica, clock_us=_clock()), limits=limits)
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.index.close())
+            super().teardown()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @invariant()
+    def displaced_bytes_agree(self):
+        assert _reap_queue(self.index.transport.replica.view) == {ref.data_id for ref in self.model.pending_reaps()}
+
+
 class WithReplay(ApplyAgreesWithReference):
     def teardown(self) -> None:
         try:
@@ -301,6 +329,8 @@ settings_profile = settings(
 )
 TestApplyAgreesWithReference = WithReplay.TestCase
 TestApplyAgreesWithReference.settings = settings_profile
+TestThroughTheWire = ThroughTheWire.TestCase
+TestThroughTheWire.settings = settings(settings_profile, max_examples=200 if DEEP else 25)
 
 
 def test_commands_survive_the_codec_in_the_journal():

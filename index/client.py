@@ -1,0 +1,123 @@
+"""The cluster MetadataStore: the seam of common/seams.py over a journal and index replicas.
+
+A frontend worker holds one. It does no S3 logic: it encodes each commit as a
+journal payload (index/codec.py) with the witness slots it touches
+(index/witness.py), hands it to a `Transport` (the journal client: coalescing,
+the head, the chain), and decodes the head's answer — apply's deterministic
+outcome — into an Outcome or the seam's typed refusal (index/local.py
+`raise_for`). Reads are one ReadRequest to one metadata node, answered from one
+snapshot with its applied seq (DESIGN §4).
+
+Retries (DESIGN §3): a commit is resent with the SAME request id until its
+outcome is known; a transport that cannot learn it before `not_after` plus
+MAX_CLOCK_SKEW makes the commit raise OutcomeUnknown (HTTP 503) — ambiguous, and
+the client's own retry finds the original outcome in the dedup table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Callable, Protocol
+
+from common.errors import OutcomeUnknown
+from common.limits import DEFAULT_LIMITS, Limits
+from common.seams import BucketRecord, Condition, ListPage, Mutation, Outcome, PartsPage, ReadResult, UploadsPage
+from index import codec, index_pb2, replica
+from index.local import raise_for
+from index.witness import slot_of, slots_of
+
+
+class TransportRetry(Exception):
+    """The attempt did not reach a decision (no head, broken chain, lost connection):
+    resend with the same request id."""
+
+
+class Transport(Protocol):
+    async def submit(self, request_id: bytes, slots: tuple[int, ...], payload: bytes) -> bytes:
+        """The AppliedEntry bytes of the entry carrying `request_id`; TransportRetry if unknown."""
+
+    async def read(self, slot: int, request: bytes) -> bytes:
+        """ReadAnswer bytes for one encoded ReadRequest; TransportRetry if no node could answer."""
+
+    async def close(self) -> None: ...
+
+
+class ClusterMetadataStore:
+    def __init__(self, transport: Transport, *, partition: int = 0, limits: Limits = DEFAULT_LIMITS,
+                 clock_us: Callable[[], int] | None = None) -> None:
+        self.transport = transport
+        self.partition = partition
+        self.limits = limits
+        self.clock_us = clock_us or (lambda: time.time_ns() // 1000)
+
+    async def commit(self, mutation: Mutation, condition: Condition, request_id: bytes, not_after_us: int) -> Outcome:
+        payload = codec.encode_command(mutation, condition, request_id, not_after_us)
+        slots = slots_of(mutation, self.limits.WITNESS_SLOTS)
+        give_up_us = not_after_us + self.limits.MAX_CLOCK_SKEW_MS * 1000
+        delay_s = 0.005
+        while True:
+            try:
+                answer = await self.transport.submit(request_id, slots, payload)
+                break
+            except TransportRetry:
+                if self.clock_us() > give_up_us:
+                    raise OutcomeUnknown("the commit's outcome could not be learned before its deadline") from None
+                await asyncio.sleep(delay_s * (0.5 + random.random()))
+                delay_s = min(delay_s * 2, 0.5)
+        status, outcome = replica.decode_applied(answer)
+        raise_for(status)
+        assert outcome is not None
+        return outcome
+
+    async def _read(self, slot: int, request) -> index_pb2.ReadAnswer:
+        raw = codec.dump(request)
+        delay_s = 0.005
+        deadline_us = self.clock_us() + self.limits.COMMIT_DEADLINE_MS * 1000
+        while True:
+            try:
+                return codec.load(await self.transport.read(slot, raw), index_pb2.ReadAnswer)
+            except TransportRetry:
+                if self.clock_us() > deadline_us:
+                    raise OutcomeUnknown("no metadata node could answer the read") from None
+                await asyncio.sleep(delay_s * (0.5 + random.random()))
+                delay_s = min(delay_s * 2, 0.5)
+
+    def _slot(self, bucket: str, key: str = "") -> int:
+        return slot_of(bucket, key, self.limits.WITNESS_SLOTS)
+
+    async def get(self, bucket: str, bucket_incarnation: str, key: str) -> ReadResult:
+        request = index_pb2.ReadRequest(get_object=index_pb2.GetObjectRead(
+            bucket=bucket, bucket_incarnation=bucket_incarnation, key=key))
+        return replica.read_result(await self._read(self._slot(bucket, key), request), self.partition)
+
+    async def get_bucket(self, bucket: str) -> BucketRecord | None:
+        request = index_pb2.ReadRequest(get_bucket=index_pb2.GetBucketRead(bucket=bucket))
+        return replica.bucket_result(await self._read(self._slot(bucket), request))
+
+    async def list_buckets(self, owner: str) -> tuple[BucketRecord, ...]:
+        request = index_pb2.ReadRequest(list_buckets=index_pb2.ListBucketsRead(owner=owner))
+        return replica.buckets_result(await self._read(-1, request))
+
+    async def list_objects(self, bucket, bucket_incarnation, *, prefix, delimiter, start_after, max_keys, min_seq) -> ListPage:
+        request = index_pb2.ReadRequest(list_objects=index_pb2.ListObjectsRead(
+            bucket=bucket, bucket_incarnation=bucket_incarnation, prefix=prefix, delimiter=delimiter,
+            start_after=start_after, max_keys=max_keys))
+        return replica.list_result(await self._read(-1, request), self.partition)
+
+    async def list_uploads(self, bucket, bucket_incarnation, *, prefix, delimiter, key_marker, upload_id_marker,
+                           max_uploads) -> UploadsPage:
+        request = index_pb2.ReadRequest(list_uploads=index_pb2.ListUploadsRead(
+            bucket=bucket, bucket_incarnation=bucket_incarnation, prefix=prefix, delimiter=delimiter,
+            key_marker=key_marker, upload_id_marker=upload_id_marker, max_uploads=max_uploads))
+        return replica.uploads_result(await self._read(-1, request))
+
+    async def list_parts(self, bucket, bucket_incarnation, key, upload_id, *, part_number_marker, max_parts) -> PartsPage:
+        request = index_pb2.ReadRequest(list_parts=index_pb2.ListPartsRead(
+            bucket=bucket, bucket_incarnation=bucket_incarnation, key=key, upload_id=upload_id,
+            part_number_marker=part_number_marker, max_parts=max_parts))
+        return replica.parts_result(await self._read(self._slot(bucket, key), request))
+
+    async def close(self) -> None:
+        await self.transport.close()
