@@ -84,6 +84,8 @@ class ApplyAgreesWithReference(RuleBasedStateMachine):
         self.counter = 0
         for bucket in BUCKETS:   # most steps should find their bucket; delete_bucket and create_bucket still vary it
             self.create_bucket(bucket, "ann")
+        for key in ("a", "a/b", "a/c", "b"):   # so listings page and roll up from the first step
+            self.put("alpha", key, 3, "none", False)
 
     def make_index(self, limits):
         return LocalIndex(self.view, limits=limits, clock_us=_clock())
