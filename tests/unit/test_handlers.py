@@ -1,0 +1,121 @@
+"""The frontend's error boundary and its rule on uncommitted bytes, without sockets.
+
+Properties (DESIGN §3 step 2, §11):
+- a commit the store refuses leaves no bytes behind: the handler deletes the blob
+  it wrote (PreconditionFailed, NoSuchBucket);
+- a commit whose outcome is unknown (OutcomeUnknown) answers 503 and deletes
+  nothing — the entry may still commit, and the client's retry finds it;
+- an unexpected exception answers InternalError XML with a request id and is
+  logged; every answer carries x-amz-request-id.
+Method: the ASGI app driven directly with requests signed by botocore, over the
+in-memory stores, with a fault hook wrapping the metadata store's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+import common.errors as domain
+from common.config import Config, UserConfig
+from frontend.server import build_app
+from spec.blob_model import InMemoryBlobStore
+from spec.metadata_model import InMemoryMetadataStore
+
+USER = UserConfig(name="ann", access_key="AKIDTESTANN", secret_key="secret-ann-123")
+
+
+class FaultyStore:
+    """Delegates to the reference store; `fault` (an exception) is raised by the next commit."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.fault: BaseException | None = None
+
+    async def commit(self, *args):
+        if self.fault is not None:
+            fault, self.fault = self.fault, None
+            raise fault
+        return await self.inner.commit(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def call(app, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    url = f"http://127.0.0.1:9000{path}"
+    request = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+    request.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+    S3SigV4Auth(Credentials(USER.access_key, USER.secret_key), "s3", "us-east-1").add_auth(request)
+    raw_path, _, query = path.partition("?")
+    scope = {
+        "type": "http", "method": method, "path": raw_path, "raw_path": raw_path.encode(),
+        "query_string": query.encode(), "http_version": "1.1",
+        "headers": [(name.lower().encode(), str(value).encode()) for name, value in request.headers.items()]
+        + [(b"host", b"127.0.0.1:9000"), (b"content-length", str(len(body)).encode())],
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = sent[0]["status"]
+    response_headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
+    return status, response_headers, b"".join(message.get("body", b"") for message in sent[1:])
+
+
+@pytest.fixture
+def world():
+    blobs = InMemoryBlobStore()
+    meta = FaultyStore(InMemoryMetadataStore(blobs_delete=blobs.delete, reap_delay_s=3600))
+    app = build_app(Config(users=(USER,)), meta, blobs, lambda: __import__("time").time_ns() // 1000)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(call(app, "PUT", "/bucket"))
+    yield app, meta, blobs, loop
+    loop.run_until_complete(meta.inner.close())
+    loop.close()
+
+
+@pytest.mark.parametrize("fault", [domain.PreconditionFailed("x"), domain.NoSuchBucket("x")])
+def test_refused_commit_leaves_no_bytes(world, fault):
+    app, meta, blobs, loop = world
+    meta.fault = fault
+    status, headers, body = loop.run_until_complete(call(app, "PUT", "/bucket/big", os.urandom(100_000)))
+    assert status in (412, 404) and b"<Code>" in body and headers["x-amz-request-id"]
+    assert blobs.stored_bytes() == 0
+
+
+def test_unknown_outcome_is_503_and_keeps_the_bytes(world):
+    app, meta, blobs, loop = world
+    meta.fault = domain.OutcomeUnknown("deadline passed")
+    status, headers, body = loop.run_until_complete(call(app, "PUT", "/bucket/big", os.urandom(100_000)))
+    assert status == 503 and b"<Code>ServiceUnavailable</Code>" in body
+    assert blobs.stored_bytes() == 100_000
+
+
+def test_unexpected_exception_is_internal_error_with_request_id(world, caplog):
+    app, meta, blobs, loop = world
+    meta.fault = RuntimeError("a bug")
+    status, headers, body = loop.run_until_complete(call(app, "PUT", "/bucket/small", b"x"))
+    assert status == 500 and b"<Code>InternalError</Code>" in body
+    assert headers["x-amz-request-id"] in body.decode()
+    assert any("InternalError" in record.getMessage() for record in caplog.records)
+
+
+def test_successful_put_then_get(world):
+    app, meta, blobs, loop = world
+    data = os.urandom(10_000)
+    status, headers, _ = loop.run_until_complete(call(app, "PUT", "/bucket/k", data))
+    assert status == 200
+    status, headers, body = loop.run_until_complete(call(app, "GET", "/bucket/k"))
+    assert status == 200 and body == data and headers["content-length"] == str(len(data))
