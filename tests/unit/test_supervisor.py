@@ -1,0 +1,61 @@
+"""The supervisor starts children until ready, restarts the ones that die, and stops all.
+
+Method: real child processes (tiny Python scripts) — one that prints its
+readiness line and sleeps, one that dies before it is ready — and SIGKILL of a
+running child, checking it is started again and becomes ready, and that stop()
+leaves no child running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import pytest
+
+from deploy import supervisor
+from deploy.supervisor import ChildFailed, ProcessSpec, Supervisor
+
+SLEEPER = "import sys, time; print('listening: 127.0.0.1:1', flush=True); time.sleep(60)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_start_restart_stop(monkeypatch):
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_S", 0.05)
+
+    async def run():
+        group = Supervisor([ProcessSpec("one", [sys.executable, "-c", SLEEPER]),
+                            ProcessSpec("two", [sys.executable, "-c", SLEEPER])])
+        ready = await group.start()
+        assert ready == {"one": "127.0.0.1:1", "two": "127.0.0.1:1"}
+        first = group.pid("one")
+        os.kill(first, signal.SIGKILL)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if group.pid("one") != first and group.children[0].ready_line:
+                break
+        second = group.pid("one")
+        assert second != first and _alive(second)
+        assert group.children[0].restarts == 1
+        await group.stop()
+        await asyncio.sleep(0.1)
+        assert not _alive(second) and not _alive(group.pid("two"))
+    asyncio.run(run())
+
+
+def test_a_child_that_dies_before_ready_is_named():
+    async def run():
+        group = Supervisor([ProcessSpec("broken", [sys.executable, "-c", "print('cannot open disk'); raise SystemExit(3)"])])
+        with pytest.raises(ChildFailed, match="broken exited with 3.*cannot open disk"):
+            await group.start()
+        await group.stop()
+    asyncio.run(run())
