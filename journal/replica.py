@@ -209,24 +209,37 @@ class ChainReplica:
     # ------------------------------------------------------------ step 1: submit
 
     def on_submit(self, submit: Submit, now_us: int) -> list:
-        if not self.is_head or not self.serving:
-            return [Reply(submit.client, submit.request_id, None, "not_head", self.config)]
-        seq = self.seq_of_request.get(submit.request_id)
-        if seq is not None:                            # already in the log, uncommitted
-            self.waiting.setdefault(seq, []).append((submit.client, submit.request_id))
-            return self._answer_waiting()
-        if not self._chain_healthy(now_us):
-            return [Reply(submit.client, submit.request_id, None, "retry", self.config)]
-        if self.committed >= self.last_seq:
-            self.commit_progress_us = now_us          # an idle chain starts its ACK_WAIT now
-        self.last_time_us = max(now_us, self.last_time_us + 1)
-        self.last_seq += 1
-        entry = Entry(self.config.epoch, self.last_seq, self.last_time_us, submit.request_id,
-                      submit.slots, submit.payload)
-        self.entries[entry.seq] = entry
-        self.waiting[entry.seq] = [(submit.client, submit.request_id)]
-        self.seq_of_request[submit.request_id] = entry.seq
-        return self._maybe_persist()
+        return self.on_submits((submit,), now_us)
+
+    def on_submits(self, submits, now_us: int) -> list:
+        """Step 1 for every entry of one client message, then one Persist for all that were appended."""
+        effects: list = []
+        appended = False
+        for submit in submits:
+            if not self.is_head or not self.serving:
+                effects.append(Reply(submit.client, submit.request_id, None, "not_head", self.config))
+                continue
+            seq = self.seq_of_request.get(submit.request_id)
+            if seq is not None:                            # already in the log, uncommitted
+                self.waiting.setdefault(seq, []).append((submit.client, submit.request_id))
+                effects += self._answer_waiting()
+                continue
+            if not self._chain_healthy(now_us):
+                effects.append(Reply(submit.client, submit.request_id, None, "retry", self.config))
+                continue
+            if self.committed >= self.last_seq:
+                self.commit_progress_us = now_us          # an idle chain starts its ACK_WAIT now
+            self.last_time_us = max(now_us, self.last_time_us + 1)
+            self.last_seq += 1
+            entry = Entry(self.config.epoch, self.last_seq, self.last_time_us, submit.request_id,
+                          submit.slots, submit.payload)
+            self.entries[entry.seq] = entry
+            self.waiting[entry.seq] = [(submit.client, submit.request_id)]
+            self.seq_of_request[submit.request_id] = entry.seq
+            appended = True
+        if appended:
+            effects += self._maybe_persist()
+        return effects
 
     def _chain_healthy(self, now_us: int) -> bool:
         if self.committed >= self.last_seq:
