@@ -12,6 +12,10 @@ Retries (DESIGN §3): a commit is resent with the SAME request id until its
 outcome is known; a transport that cannot learn it before `not_after` plus
 MAX_CLOCK_SKEW makes the commit raise OutcomeUnknown (HTTP 503) — ambiguous, and
 the client's own retry finds the original outcome in the dedup table.
+
+Cache (DESIGN §4, index/cache.py): object reads carry the as-of of the cached
+answer; the node answers CURRENT when no newer write touched the key's witness
+slot, and the cached answer is served. Bucket reads and listings are never cached.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from common.errors import OutcomeUnknown
 from common.limits import DEFAULT_LIMITS, Limits
 from common.seams import BucketRecord, Condition, ListPage, Mutation, Outcome, PartsPage, ReadResult, UploadsPage
 from index import codec, index_pb2, replica
+from index.cache import RecordCache
 from index.local import raise_for
 from index.witness import slot_of, slots_of
 
@@ -38,8 +43,10 @@ class Transport(Protocol):
     async def submit(self, request_id: bytes, slots: tuple[int, ...], payload: bytes) -> bytes:
         """The AppliedEntry bytes of the entry carrying `request_id`; TransportRetry if unknown."""
 
-    async def read(self, slot: int, request: bytes) -> bytes:
-        """ReadAnswer bytes for one encoded ReadRequest; TransportRetry if no node could answer."""
+    async def read(self, slot: int, request: bytes, as_of: int | None) -> bytes | None:
+        """ReadAnswer bytes for one encoded ReadRequest, or None for CURRENT: the node's
+        witness for `slot` is at most `as_of`, so the caller's cached answer holds
+        (DESIGN §4 step 2). TransportRetry if no node could answer."""
 
     async def close(self) -> None: ...
 
@@ -51,6 +58,7 @@ class ClusterMetadataStore:
         self.partition = partition
         self.limits = limits
         self.clock_us = clock_us or (lambda: time.time_ns() // 1000)
+        self.cache = RecordCache(limits.CACHE_MAX_BYTES)
 
     async def commit(self, mutation: Mutation, condition: Condition, request_id: bytes, not_after_us: int) -> Outcome:
         payload = codec.encode_command(mutation, condition, request_id, not_after_us)
@@ -71,13 +79,14 @@ class ClusterMetadataStore:
         assert outcome is not None
         return outcome
 
-    async def _read(self, slot: int, request) -> index_pb2.ReadAnswer:
+    async def _read(self, slot: int, request, as_of: int | None = None) -> index_pb2.ReadAnswer | None:
         raw = codec.dump(request)
         delay_s = 0.005
         deadline_us = self.clock_us() + self.limits.COMMIT_DEADLINE_MS * 1000
         while True:
             try:
-                return codec.load(await self.transport.read(slot, raw), index_pb2.ReadAnswer)
+                answer = await self.transport.read(slot, raw, as_of)
+                return None if answer is None else codec.load(answer, index_pb2.ReadAnswer)
             except TransportRetry:
                 if self.clock_us() > deadline_us:
                     raise OutcomeUnknown("no metadata node could answer the read") from None
@@ -88,9 +97,21 @@ class ClusterMetadataStore:
         return slot_of(bucket, key, self.limits.WITNESS_SLOTS)
 
     async def get(self, bucket: str, bucket_incarnation: str, key: str) -> ReadResult:
+        """Step 1–3 of DESIGN §4: send the cached entry's as-of; CURRENT serves the cache."""
+        cache_key = (bucket, bucket_incarnation, key)
+        cached = self.cache.lookup(cache_key, (self.partition, 0))
         request = index_pb2.ReadRequest(get_object=index_pb2.GetObjectRead(
             bucket=bucket, bucket_incarnation=bucket_incarnation, key=key))
-        return replica.read_result(await self._read(self._slot(bucket, key), request), self.partition)
+        answer = await self._read(self._slot(bucket, key), request, cached[0] if cached else None)
+        if answer is None:
+            if cached is None:
+                raise OutcomeUnknown("a node answered CURRENT to a read without an as-of")
+            self.cache.record_hit(True)
+            return cached[1]
+        self.cache.record_hit(False)
+        result = replica.read_result(answer, self.partition)
+        self.cache.store(cache_key, result.read_seq, result)
+        return result
 
     async def get_bucket(self, bucket: str) -> BucketRecord | None:
         request = index_pb2.ReadRequest(get_bucket=index_pb2.GetBucketRead(bucket=bucket))

@@ -25,13 +25,18 @@ class InProcessTransport:
         self.replica = replica
         self.clock_us = clock_us or (lambda: time.time_ns() // 1000)
         self.time_us = 0
+        self.witness: dict[int, int] = {}
 
     async def submit(self, request_id: bytes, slots: tuple[int, ...], payload: bytes) -> bytes:
         self.time_us = max(self.clock_us(), self.time_us + 1)
         entry = _Entry(1, self.replica.applied_seq + 1, self.time_us, payload)
+        for slot in slots:                      # the witness is raised before the entry applies
+            self.witness[slot] = entry.seq
         return self.replica.apply([entry])[0]
 
-    async def read(self, slot: int, request: bytes) -> bytes:
+    async def read(self, slot: int, request: bytes, as_of: int | None) -> bytes | None:
+        if as_of is not None and as_of >= self.witness.get(slot, 0):
+            return None                         # CURRENT
         return self.replica.answer(request)
 
     async def close(self) -> None:
