@@ -1,0 +1,52 @@
+"""`python -m journal.main --node I --config FILE`: run journal node I of the cluster in FILE.
+
+Prints `listening: HOST:PORT` once it serves (the framed protocol, common/framing.py);
+SIGTERM or SIGINT stops it cleanly (the log synced, connections closed, exit code 0).
+The config is the journal TOML described in journal/server.py (load_config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+
+from journal.server import JournalNode, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m journal.main", description=__doc__.splitlines()[0])
+    parser.add_argument("--node", type=int, required=True, help="this node's id in the config's [[nodes]]")
+    parser.add_argument("--config", required=True, help="the journal cluster TOML (nodes, data dirs, limits)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser.parse_args(argv)
+
+
+async def serve(node_id: int, config_path: str) -> None:
+    cluster = load_config(config_path)
+    node = JournalNode(cluster, node_id)
+    server = await node.start()
+    print(f"listening: {server.host}:{server.port}", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    await stopped.wait()
+    logging.getLogger("cairn.journal").info("JournalNodeStop node=%d", node_id)
+    await node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvloop.run(serve(args.node, args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
