@@ -388,6 +388,8 @@ class JournalNode:
         self.acceptor: Acceptor | None = None
         self.proposer: Proposer | None = None
         self.log_store: LogStore | None = None
+        self.persist_batches = 0
+        self.persisted_entries = 0
 
     # ------------------------------------------------------------ step 1: start
 
@@ -481,6 +483,8 @@ class JournalNode:
     def _execute(self, effect) -> None:
         if isinstance(effect, Persist):                               # step 3
             batch_id = effect.batch_id
+            self.persist_batches += 1
+            self.persisted_entries += len(effect.entries)
             future = asyncio.get_running_loop().run_in_executor(self._disk, self.log_store.append,
                                                                 list(effect.entries))
             future.add_done_callback(lambda done: self._persisted(done, batch_id))
@@ -630,7 +634,8 @@ class JournalNode:
         core = self.core
         answer = pb.StatusReply(config=config_to_pb(core.config), last_seq=core.last_seq,
                                 durable_seq=core.durable_seq, committed=core.committed, applied=core.applied,
-                                serving=core.caught_up(), electing=core.electing, first_seq=core.first_seq)
+                                serving=core.caught_up(), electing=core.electing, first_seq=core.first_seq,
+                                persist_batches=self.persist_batches, persisted_entries=self.persisted_entries)
         if request.key:
             value = self.applier.read(request.key)
             if value is not None:
