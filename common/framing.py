@@ -296,7 +296,12 @@ class Connection(asyncio.BufferedProtocol):
         if self._cork_depth == 0 and self._corked:
             chunks, self._corked = self._corked, []
             if not self.closed:
-                self.transport.writelines(chunks)
+                if len(chunks) == 1:
+                    self.transport.write(chunks[0])
+                elif sum(map(len, chunks)) < LARGE_PAYLOAD_BYTES:
+                    self.transport.write(b"".join(chunks))    # small frames: one copy beats writev's setup
+                else:
+                    self.transport.writelines(chunks)
 
     async def drain(self) -> None:
         if self.closed:

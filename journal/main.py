@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -44,6 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    profile_path = os.environ.get("CAIRN_JOURNAL_PROFILE")     # a cProfile dump of this node, for tuning
+    if profile_path:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            uvloop.run(serve(args.node, args.config))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_path}.node{args.node}")
+        return 0
     uvloop.run(serve(args.node, args.config))
     return 0
 

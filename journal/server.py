@@ -69,6 +69,7 @@ KIND_STATUS = 3
 
 ACCEPTOR_FILE = "acceptor.json"
 ACCEPTOR_FORMAT = 1
+ACK_REPEAT_US = 50_000          # an ack with nothing new is still sent this often (it may have been lost)
 
 log = logging.getLogger("cairn.journal")
 
@@ -389,6 +390,7 @@ class JournalNode:
         self.proposer: Proposer | None = None
         self.log_store: LogStore | None = None
         self.persist_batches = 0
+        self._last_ack: dict[int, tuple] = {}
         self.persisted_entries = 0
 
     # ------------------------------------------------------------ step 1: start
@@ -489,7 +491,7 @@ class JournalNode:
                                                                 list(effect.entries))
             future.add_done_callback(lambda done: self._persisted(done, batch_id))
         elif isinstance(effect, Send):                                # step 4
-            self._outbox[effect.to].append(encode_peer(self.node_id, effect.message))
+            self._outbox[effect.to].append(effect.message)
         elif isinstance(effect, RaiseWitness):
             pass                                                      # the core holds the witness
         elif isinstance(effect, Apply):                               # step 7
@@ -513,7 +515,7 @@ class JournalNode:
                 message = effect.message
                 self._inputs.append(lambda now: self._register_message(self.node_id, message, now))
             else:
-                self._outbox[effect.to].append(encode_peer(self.node_id, effect.message))
+                self._outbox[effect.to].append(effect.message)
         elif isinstance(effect, ConfigChosen):
             config = effect.config
             log.info("ConfigChosen node=%d epoch=%d chain=%s", self.node_id, config.epoch, config.chain)
@@ -549,22 +551,45 @@ class JournalNode:
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, collections.defaultdict(list)
-        for to, frames in outbox.items():
+        for to, messages in outbox.items():
             peer = self.peers.get(to)
             if peer is None:
                 continue
             if not peer.connected:
                 peer._kick()                                          # dropped; the core resends
                 continue
+            messages = self._merge_acks(to, messages)
+            if not messages:
+                continue
             connection = peer.connection
             connection.cork()
             try:
-                for meta, payload in frames:
-                    connection.send(KIND_PEER, meta, payload)
+                for message in messages:
+                    connection.send(KIND_PEER, *encode_peer(self.node_id, message))
             except framing.ConnectionLost:
                 pass
             finally:
                 connection.uncork()
+
+    def _merge_acks(self, to: int, messages: list) -> list:
+        """Step 4: acks are cumulative, so one drain's acks to a peer leave as one — the last, carrying
+        every outcome in order — and an ack saying nothing new is held back (for ACK_REPEAT_US at most)."""
+        acks = [m for m in messages if isinstance(m, Ack)]
+        if not acks:
+            return messages
+        last = acks[-1]
+        outcomes = tuple(o for ack in acks for o in ack.outcomes)
+        merged = Ack(last.config, last.sender, last.durable_seq, last.committed, last.applied,
+                     last.durable_applied, outcomes, any(ack.gap for ack in acks))
+        others = [m for m in messages if not isinstance(m, Ack)]
+        summary = (merged.config, merged.durable_seq, merged.committed, merged.applied, merged.durable_applied)
+        now = now_us()
+        previous = self._last_ack.get(to)
+        if (not outcomes and not merged.gap and previous is not None and previous[0] == summary
+                and now - previous[1] < ACK_REPEAT_US):
+            return others
+        self._last_ack[to] = (summary, now)
+        return others + [merged]
 
     # ------------------------------------------------------------ frames
 
