@@ -1,6 +1,7 @@
 """The `cairn` command: one entry point for every role.
 
-    cairn dev          start a local server and print its endpoint and credentials
+    cairn dev          start a local cluster and print its endpoint and credentials
+    cairn metanode     run one metadata node (journal, index replica, witness)
     cairn shardstore   run one shardstore node for one disk
 
 Every subcommand has --help. Errors say what to do next and exit non-zero.
@@ -34,11 +35,14 @@ def _dev(arguments: argparse.Namespace) -> int:
         print("cairn dev: --tls-cert and --tls-key go together: give both for HTTPS, or neither", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    from deploy.local import run_dev  # deploy may import spec/ until the cluster lands
+    if arguments.memory:
+        from deploy.local import run_dev as runner  # deploy may import spec/ for the in-memory mode
+    else:
+        from deploy.cluster_dev import run_cluster_dev as runner
 
     try:
-        return run_on_uvloop(run_dev(config, host=arguments.host, port=arguments.port, data_dir=data_dir,
-                                     tls_cert=arguments.tls_cert, tls_key=arguments.tls_key))
+        return run_on_uvloop(runner(config, host=arguments.host, port=arguments.port, data_dir=data_dir,
+                                    tls_cert=arguments.tls_cert, tls_key=arguments.tls_key))
     except OSError as error:
         print(f"cairn dev: cannot listen on {arguments.host}:{arguments.port}: {error.strerror or error}. "
               "Pick another port with --port N (0 picks a free one).", file=sys.stderr)
@@ -68,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a local Cairn S3 server in the foreground. Once it answers requests it prints "
             "'endpoint: URL', 'access key: KEY' and 'secret key: KEY', one per line. "
-            "Storage today is in memory (objects are lost when it stops); users come from "
-            "the config file. Ctrl-C or SIGTERM stops it."
+            "It runs three metadata nodes (replicated, fsynced journal and RocksDB index) and two "
+            "frontend workers as supervised processes; object bytes go to files under the data dir. "
+            "Data survives a restart with the same --data-dir. Users come from the config file. "
+            "Ctrl-C or SIGTERM stops it."
         ),
     )
     dev.add_argument("--port", type=int, default=9000, help="TCP port to listen on (default 9000; 0 picks a free port)")
@@ -78,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--config", help="TOML config with [[users]]; default: DATA_DIR/cairn.toml, generated on first start")
     dev.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)")
     dev.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    dev.add_argument("--memory", action="store_true",
+                     help="run the single-process server over the in-memory reference stores instead of the "
+                          "metadata cluster (nothing survives a stop; for tests and benchmarks of the S3 layer)")
+    commands.add_parser(
+        "metanode", help="run one metadata node (journal, index replica, witness)", add_help=False,
+        description="Run one metadata node (see `cairn metanode --help`).",
+    )
     commands.add_parser(
         "shardstore", help="run one shardstore node for one disk", add_help=False,
         description="Run one shardstore node (see `cairn shardstore --help`).",
@@ -89,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "shardstore":
         return _shardstore(argparse.Namespace(), argv[1:])
+    if argv and argv[0] == "metanode":
+        from index.metanode import main as metanode_main
+
+        return metanode_main(argv[1:])
     parser = build_parser()
     arguments = parser.parse_args(argv)
     if arguments.command == "dev":

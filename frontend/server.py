@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from typing import Callable, Iterator
 
@@ -81,7 +82,10 @@ class _Server(uvicorn.Server):
 async def serve(
     app: S3App, *, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None,
     on_ready: Callable[[str], None] | None = None, limit_concurrency: int | None = None,
+    reuse_port: bool = False,
 ) -> None:
+    """Serve until SIGINT/SIGTERM. With `reuse_port`, the socket is bound with
+    SO_REUSEPORT so several worker processes share one port (DESIGN §1)."""
     config = uvicorn.Config(
         app, host=host, port=port, loop="none", http=_Protocol, lifespan="off",
         access_log=False, log_level="warning", ssl_certfile=tls_cert, ssl_keyfile=tls_key,
@@ -89,7 +93,16 @@ async def serve(
         date_header=False,
     )
     server = _Server(config)
-    task = asyncio.ensure_future(server.serve())
+    sockets = None
+    if reuse_port:
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+        listener.set_inheritable(True)
+        sockets = [listener]
+    task = asyncio.ensure_future(server.serve(sockets=sockets))
     while not server.started:
         if task.done():
             task.result()

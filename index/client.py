@@ -30,7 +30,7 @@ from common.limits import DEFAULT_LIMITS, Limits
 from common.seams import BucketRecord, Condition, ListPage, Mutation, Outcome, PartsPage, ReadResult, UploadsPage
 from index import codec, index_pb2, replica
 from index.cache import RecordCache
-from index.local import raise_for
+from index.local import raise_for, refusal_detail
 from index.witness import slot_of, slots_of
 
 
@@ -75,7 +75,7 @@ class ClusterMetadataStore:
                 await asyncio.sleep(delay_s * (0.5 + random.random()))
                 delay_s = min(delay_s * 2, 0.5)
         status, outcome = replica.decode_applied(answer)
-        raise_for(status)
+        raise_for(status, refusal_detail(status, mutation))
         assert outcome is not None
         return outcome
 

@@ -28,13 +28,21 @@ _ERRORS = {
 }
 
 
-def raise_for(status: str) -> None:
-    """Turn an apply status into the seam's typed refusal."""
+def raise_for(status: str, detail: str = "") -> None:
+    """Turn an apply status into the seam's typed refusal; `detail` names what was
+    refused (the bucket or upload id), as the reference store's errors do."""
     if status == "OK":
         return
     if status == "InvariantViolation":
         raise domain.InvariantViolation("apply refused the entry as an invariant violation")
-    raise _ERRORS[status](status)
+    raise _ERRORS[status](detail or status)
+
+
+def refusal_detail(status: str, mutation) -> str:
+    """What a refusal of `mutation` names: the upload for NoSuchUpload, else the bucket."""
+    if status == "NoSuchUpload":
+        return getattr(mutation, "upload_id", "")
+    return getattr(mutation, "bucket", "")
 
 
 class LocalIndex:
@@ -62,7 +70,7 @@ class LocalIndex:
         overlay = Overlay(self.view)
         result = apply.apply_entry(overlay, entry)
         self.view.write(overlay.ops())
-        raise_for(result.status)
+        raise_for(result.status, refusal_detail(result.status, mutation))
         assert result.outcome is not None
         return result.outcome
 

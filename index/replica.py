@@ -132,6 +132,7 @@ def read(view, request, applied_seq: int):
             invariant(False, f"unknown read {kind}")
     except StoreError as error:
         answer.error = error.code
+        answer.error_detail = str(error.args[0]) if error.args else ""
     return answer
 
 
@@ -176,7 +177,7 @@ def _raise(answer) -> None:
     if answer.error:
         from index.local import raise_for
 
-        raise_for(answer.error)
+        raise_for(answer.error, answer.error_detail)
 
 
 __all__ = ["IndexReplica", "read", "encode_applied", "decode_applied", "ObjectRecord"]

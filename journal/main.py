@@ -39,6 +39,7 @@ async def serve(node_id: int, config_path: str) -> None:
     await stopped.wait()
     logging.getLogger("cairn.journal").info("JournalNodeStop node=%d", node_id)
     await node.stop()
+    node.mark_clean()
 
 
 def main(argv: list[str] | None = None) -> int:

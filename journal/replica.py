@@ -140,6 +140,8 @@ class ChainReplica:
         return entry.tag if entry else None
 
     def witness_of(self, slot: int) -> int:
+        if slot < 0:        # the fence of listings (DESIGN §4 step 6): every durable entry
+            return max(self.durable_seq, self.witness_floor)
         return max(self.witness.get(slot, 0), self.witness_floor)
 
     def caught_up(self) -> bool:

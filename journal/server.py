@@ -30,6 +30,16 @@ Steps:
 7. Apply goes to the `Applier` (the index side plugs in here): apply(entries) ->
    one outcome (bytes) per entry, deterministic; durable_applied_seq() feeds
    retention.
+9. Restart: a node whose last stop was clean (it was serving and caught up, its log
+   and replica synced, `CLEAN_FILE` written last) resumes its role in its epoch
+   with its witness floor at its highest seq — the whole dev cluster restarts this
+   way; the marker is removed before it serves, so a later crash is never taken for
+   a clean stop. Any other restart rejoins through a new epoch (step 1).
+8. Read (DESIGN §4): a READ frame names the key's witness slot and the as-of of the
+   frontend's cached answer; the core answers CURRENT (the cache holds), TRY_OTHER,
+   or — once applied >= the witness — ReadValue, which the Applier answers from one
+   snapshot. Listings and bucket reads use FENCE_SLOT, whose witness is the node's
+   highest seq: they wait until everything the node has appended is applied.
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ from journal.config import (
 from journal.disk import RealDisk
 from journal.log import LogStore
 from journal.messages import (
-    Ack, Apply, Forward, Persist, RaiseWitness, ReadReply, ReadValue, Refuse, Reply, Send, Submit, Sync, SyncReply,
+    Ack, Apply, Forward, Persist, RaiseWitness, Read, ReadReply, ReadValue, Refuse, Reply, Send, Submit, Sync, SyncReply,
     TruncatePrefix, TruncateSuffix,
 )
 from journal.records import Entry
@@ -66,7 +76,12 @@ from journal.replica import ChainReplica, JournalLimits
 KIND_SUBMIT = 1
 KIND_PEER = 2
 KIND_STATUS = 3
+KIND_READ = 4
 
+FENCE_SLOT = -1
+"""A read slot standing for "every slot": its witness is the node's highest appended seq."""
+
+CLEAN_FILE = "clean-stop"
 ACCEPTOR_FILE = "acceptor.json"
 ACCEPTOR_FORMAT = 1
 ACK_REPEAT_US = 50_000          # an ack with nothing new is still sent this often (it may have been lost)
@@ -155,6 +170,9 @@ class Applier(Protocol):
     def read(self, key: bytes) -> bytes | None:
         """The applied value of `key` (tests)."""
 
+    def answer(self, request: bytes) -> bytes:
+        """Answer an encoded read from one snapshot of the applied state (DESIGN §4 step 2)."""
+
 
 class MemoryApplier:
     """A toy applier for tests and the benchmark: a dict, request-id dedup, nothing durable.
@@ -197,6 +215,9 @@ class MemoryApplier:
 
     def read(self, key: bytes) -> bytes | None:
         return self.kv.get(key)
+
+    def answer(self, request: bytes) -> bytes:
+        return struct.pack("<Q", self.applied) + self.kv.get(request, b"")
 
 
 def parse_outcome(outcome: bytes) -> tuple[str, int, int]:
@@ -381,6 +402,7 @@ class JournalNode:
         self._inputs: collections.deque = collections.deque()
         self._draining = False
         self._tickets: dict[int, _Ticket] = {}
+        self._reads: dict[int, tuple[framing.Connection, int]] = {}
         self._next_ticket = 1
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"journal{node_id}-disk")
         self._tasks: list[asyncio.Task] = []
@@ -392,6 +414,7 @@ class JournalNode:
         self.persist_batches = 0
         self._last_ack: dict[int, tuple] = {}
         self.persisted_entries = 0
+        self._persist_failed = False
 
     # ------------------------------------------------------------ step 1: start
 
@@ -400,7 +423,11 @@ class JournalNode:
         os.makedirs(data_dir, exist_ok=True)
         self.log_store = LogStore.open(RealDisk(os.path.join(data_dir, "log")))
         state = load_acceptor(data_dir)
-        restarted = state is not None
+        clean = os.path.exists(os.path.join(data_dir, CLEAN_FILE))
+        restarted = state is not None and not clean
+        if clean:                                   # step 9: a clean stop resumes its role, once
+            os.unlink(os.path.join(data_dir, CLEAN_FILE))
+            _fsync_directory(data_dir)
         if state is None:
             state = AcceptorState(NO_BALLOT, NO_BALLOT, Config(1, tuple(n.id for n in self.cluster.nodes)))
             store_acceptor(data_dir, state)
@@ -413,6 +440,10 @@ class JournalNode:
             invariant(entries[-1].seq >= applied, "the replica is ahead of the log")
         self.core = ChainReplica(self.node_id, state.value, entries, applied, self.cluster.limits,
                                  restarted=restarted, now_us=now_us())
+        if clean:
+            # The witness was in memory; every write this node acknowledged or forwarded
+            # is in its log, so its highest seq is a conservative floor for every slot.
+            self.core.witness_floor = max(self.core.witness_floor, self.core.last_seq)
         log.info("JournalNodeStart node=%d restarted=%s epoch=%d chain=%s log=%s..%s applied=%d torn_bytes=%d",
                  self.node_id, restarted, state.value.epoch, state.value.chain, store.first_seq, store.last_seq,
                  applied, store.torn_bytes_dropped)
@@ -421,7 +452,8 @@ class JournalNode:
                 self.peers[node.id] = framing.Client(node.host, node.port, backoff_initial_s=0.02,
                                                      backoff_max_s=0.5, connect_timeout_s=1.0)
         self.server = await framing.Server({KIND_SUBMIT: self._on_submit_frame, KIND_PEER: self._on_peer_frame,
-                                            KIND_STATUS: self._on_status_frame}).start(self.address.host,
+                                            KIND_STATUS: self._on_status_frame,
+                                            KIND_READ: self._on_read_frame}).start(self.address.host,
                                                                                        self.address.port)
         for peer in self.peers.values():
             peer._kick()
@@ -446,6 +478,20 @@ class JournalNode:
         await asyncio.get_running_loop().run_in_executor(self._disk, self.log_store.sync)
         self._disk.shutdown(wait=True)
         self.log_store.disk.close()
+        if self.core is not None and self.core.caught_up() and not self._persist_failed:
+            self._clean_stop_pending = True          # written by mark_clean(), after the applier syncs
+
+    def mark_clean(self) -> None:
+        """Step 9: record a clean stop (log synced, replica synced by the caller) so the
+        next start resumes this node's role instead of rejoining through a new epoch."""
+        if not getattr(self, "_clean_stop_pending", False):
+            return
+        path = os.path.join(self.address.data_dir, CLEAN_FILE)
+        with open(path, "wb") as handle:
+            handle.write(b"clean\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_directory(self.address.data_dir)
 
     async def _ticker(self) -> None:
         interval = self.cluster.tick_ms / 1000
@@ -520,8 +566,11 @@ class JournalNode:
             config = effect.config
             log.info("ConfigChosen node=%d epoch=%d chain=%s", self.node_id, config.epoch, config.chain)
             self._inputs.append(lambda now: self._config_chosen(config, now))
-        elif isinstance(effect, (ReadReply, ReadValue)):
-            pass                                                      # reads go through STATUS for now
+        elif isinstance(effect, ReadValue):                           # step 8
+            self._answer_read(effect.client, pb.ReadFrameReply.VALUE, self.applier.answer(effect.key))
+        elif isinstance(effect, ReadReply):
+            status = pb.ReadFrameReply.CURRENT if effect.status == "CURRENT" else pb.ReadFrameReply.TRY_OTHER
+            self._answer_read(effect.client, status, b"")
         else:
             raise InvariantViolation(f"unknown effect {effect!r}")
 
@@ -654,6 +703,25 @@ class JournalNode:
             if not ticket.connection.closed:
                 ticket.connection.reply(ticket.frame_id, KIND_SUBMIT, answer.SerializeToString())
 
+    def _on_read_frame(self, connection: framing.Connection, frame: framing.Frame) -> None:
+        """Step 8: a read goes through the core's witness check (journal/replica.py step 11)."""
+        request = pb.ReadFrame.FromString(frame.meta)
+        ticket_id = self._next_ticket
+        self._next_ticket += 1
+        self._reads[ticket_id] = (connection, frame.id)
+        slot = FENCE_SLOT if request.any_slot else request.slot
+        read = Read(ticket_id, ticket_id, slot, request.as_of if request.has_as_of else None, bytes(frame.payload))
+        self._input(lambda now: self.core.on_read(read, now))
+
+    def _answer_read(self, ticket_id: int, status, payload: bytes) -> None:
+        waiting = self._reads.pop(ticket_id, None)
+        if waiting is None:
+            return
+        connection, frame_id = waiting
+        if not connection.closed:
+            reply = pb.ReadFrameReply(status=status, config=config_to_pb(self.core.config))
+            connection.reply(frame_id, KIND_READ, reply.SerializeToString(), payload)
+
     def _on_status_frame(self, connection: framing.Connection, frame: framing.Frame) -> None:
         request = pb.StatusRequest.FromString(frame.meta)
         core = self.core
@@ -666,3 +734,11 @@ class JournalNode:
             if value is not None:
                 answer.has_value, answer.value = True, value
         connection.reply(frame.id, KIND_STATUS, answer.SerializeToString())
+
+
+def _fsync_directory(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
