@@ -45,12 +45,38 @@ _HEAD_END = b"\r\n\r\n"
 # ------------------------------------------------------------------ CPU and machine
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (all threads, dead ones included)."""
+def _own_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as handle:
-        data = handle.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        fields = handle.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    if int(handle.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU-seconds (user + system) of `pid` and every process under it: a `cairn dev`
+    cluster's metadata nodes and frontend workers are children of its supervisor."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += _own_cpu_s(current)
+        except (OSError, ValueError, IndexError):
+            continue
+        pending.extend(_children(current))
+    return total
 
 
 def box_busy_s() -> float:

@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                              "phase into DIR/<workload>.txt and print a summary; slows the server: do not "
                              "quote rates from a profiled run")
     parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument("--cluster", action="store_true",
+                        help="benchmark `cairn dev` on the metadata cluster (3 metadata nodes, 2 frontend workers, "
+                             "file blobs); default: the in-memory single-process server, which isolates the S3 layer")
     parser.add_argument("--server-command", help="start this instead of `cairn dev --port 0 --data-dir DIR` "
                                                  "(it must print the same endpoint/access key/secret key lines)")
     arguments = parser.parse_args(argv)
@@ -376,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             command = [str(Path(sys.executable).parent / "cairn"), "dev", "--host", "127.0.0.1", "--port", "0",
                        "--data-dir", data_dir]
+            if not arguments.cluster:
+                command.append("--memory")
         server = start_server(command, Path(data_dir))
         print(f"server: {' '.join(command)} (pid {server.pid}) at {server.host}:{server.port}", flush=True)
         print("generator: this process, uvloop, one persistent HTTP/1.1 connection per request in flight, "
