@@ -28,6 +28,8 @@ test-deep: $(STAMP)  ## longer hypothesis profiles and crash storms
 
 bench: $(STAMP)  ## the benchmarks, with the machine they ran on
 	$(BIN)/python -m bench.s3_bench $(ARGS)
+	$(BIN)/python -m bench.s3_bench --cluster -w put4k64,get4k64,put64k32,get64k32,list
+	$(BIN)/python -m bench.journal_bench
 	$(BIN)/python -m bench.shardstore_bench
 
 bench-http: $(STAMP)  ## the HTTP server candidates (DESIGN §11) on the same minimal PUT/GET handler
