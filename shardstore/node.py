@@ -21,8 +21,10 @@ Write path, the steps the code cites:
 
 Recovery (`Node.open`): read the checkpoint; scan every extent from the offset the
 checkpoint covers; a record whose header or trailer fails its check ends that
-extent (a torn or aborted tail, cut off); replay the complete records in seq order
-through the same `apply_rule`; flush. A put whose record did not survive was never
+extent (a torn or aborted tail, cut off); fsync what remains past the checkpoint
+(complete records may have survived the crash unsynced, and a later crash must not
+lose what recovery applied); replay the complete records in seq order through the
+same `apply_rule`; flush. A put whose record did not survive was never
 acknowledged; a tombstone acknowledged is durable, so the delete survives.
 
 Compaction, three separately crash-safe steps: `compact_copy` appends a COPY record
@@ -199,6 +201,11 @@ class Node:
                 header, checksums, seq, end = parsed
                 found.append((seq, header, checksums, extent, offset, end))
                 offset = end
+            if size > start:
+                # Records past the checkpoint may have survived only in the page cache
+                # (a process crash, or the prefix of a torn write): make them durable
+                # before they are applied, answered from and covered by a checkpoint.
+                self.disk.sync(name)
             self.extent_sizes[extent] = size
             self.covered[extent] = start
             self.live_bytes[extent] = 0

@@ -8,8 +8,22 @@ What a node must do, and what a crash may and may not change:
 - delete(id): OK, id absent afterwards.
 - list(): the ids, in order.
 - Acknowledged operations survive a crash. An operation in flight at the crash
-  (`begin_put` / `begin_delete` without `acknowledge`) may have happened or not —
-  but wholly: a shard is absent or holds exactly its bytes.
+  (`begin` without an answer) may have happened or not — but wholly: a shard is
+  absent or holds exactly the bytes of one put.
+
+The crash rule, exactly (`allowed_after_crash`). The operations in flight at a
+crash were all invoked before it and none was answered, so none of them precedes
+another in real time: they are concurrent, and a linearizable node may have
+applied any subset of them, in any order. Those it applied compose, each acting on
+the state the previous one left — they are not each judged against the
+acknowledged state. So the states a shard may be in are exactly those reached from
+its acknowledged state by applying some of its in-flight operations, each at most
+once, in some order, with the rules of `put` and `delete` above. Example: A
+acknowledged, then delete and put(B) in flight: A (neither, or the put alone, which
+finds A and is refused), absent (the delete alone, or the put then the delete), or
+B (the delete then the put). Issue order is not promised: two calls in flight
+together have none (the node orders them when their records are appended, and a
+streamed put takes its place only when its last byte has arrived).
 """
 
 from __future__ import annotations
@@ -68,17 +82,24 @@ class ShardStoreModel:
         self.in_flight.append((kind, shard, data))
         return len(self.in_flight) - 1
 
-    def allowed_after_crash(self, shard: Hashable) -> list[bytes | None]:
-        """Every state `shard` may be in after a crash: the acknowledged one, or the
-        result of any in-flight operations on it having happened (wholly)."""
-        allowed: list[bytes | None] = [self.shards.get(shard)]
-        for kind, target, data in self.in_flight:
-            if target != shard:
-                continue
-            if kind == "put" and (allowed[0] is None or allowed[0] == data):
-                allowed.append(data)
-            elif kind == "delete":
-                allowed.append(None)
+    def allowed_after_crash(self, shard: Hashable) -> set[bytes | None]:
+        """Every state `shard` may be in after a crash (the crash rule above): from
+        the acknowledged state, apply any subset of its in-flight operations, each
+        at most once, in any order."""
+        operations = [(kind, data) for kind, target, data in self.in_flight if target == shard]
+        allowed: set[bytes | None] = set()
+
+        def explore(state: bytes | None, unused: frozenset[int]) -> None:
+            allowed.add(state)
+            for number in unused:
+                kind, data = operations[number]
+                if kind == "delete":
+                    after = None
+                else:
+                    after = data if state is None or state == data else state     # else EXISTS: no change
+                explore(after, unused - {number})
+
+        explore(self.shards.get(shard), frozenset(range(len(operations))))
         return allowed
 
     def crash(self, observed: dict[Hashable, bytes | None]) -> None:

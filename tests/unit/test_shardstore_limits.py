@@ -22,15 +22,38 @@ A = ShardId(b"a" * 16, 0)
 B = ShardId(b"b" * 16, 1)
 
 
+class Loop:
+    """A test's event loop: runs coroutines, and at the end closes every node still
+    open on it (its committer is a task of this loop) before closing the loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.nodes: list[Node] = []
+
+    def __call__(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        try:
+            for node in self.nodes:
+                if node.failed is None:         # not closed or abandoned by the test
+                    self(node.close())
+            self(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
+
+
 @pytest.fixture
-def run(tmp_path):
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
+def run():
+    loop = Loop()
+    yield loop
     loop.close()
 
 
-def open_node(run, tmp_path, disk) -> Node:
-    return run(Node.open(disk, str(tmp_path / "index"), LIMITS))
+def open_node(run: Loop, tmp_path, disk) -> Node:
+    node = run(Node.open(disk, str(tmp_path / "index"), LIMITS))
+    run.nodes.append(node)
+    return node
 
 
 async def pieces(data: bytes, size: int):
