@@ -3,8 +3,12 @@
 Reports, in one run on one filesystem: `dd conv=fsync` and `dd oflag=direct` write
 speed (the disk's own figures), PutShard MiB/s and GetShard MiB/s with 1 MiB chunks
 (several concurrent streams of SHARD_MIB shards), and 4 KiB puts/s at 32 concurrent
-clients — one PutShard call per shard, and the batched PutShards path — every put
-acknowledged only after fsync. Plus the machine (CPU model, cores).
+clients — one PutShardUnary call per shard (the path for shards that fit one
+message), one single-message PutShard stream per shard (the old path, for
+comparison), and the batched PutShards path — every put acknowledged only after
+fsync. Each small run also prints the CPU it cost per put, in the node process and
+in the client process, measured from their CPU times (other processes share the
+cores, so puts/s alone says little). Plus the machine (CPU model, cores).
 
     .venv/bin/python -m bench.shardstore_bench [--dir DIR] [--seconds S]
 """
@@ -40,7 +44,8 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, load average {load} at start"
 
 
 def dd(directory: str, flag: str, mib: int = 256) -> str:
@@ -104,7 +109,15 @@ async def large(address: str, shard_mib: int, shards: int, streams: int) -> tupl
     return put_mib_s, get_mib_s
 
 
-async def small(address: str, clients: int, seconds: float, batch: int, prefix: int) -> float:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def small(address: str, clients: int, seconds: float, batch: int, prefix: int,
+                unary: bool = True) -> float:
     payload = os.urandom(4096)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.ShardStoreStub(channel)
@@ -115,7 +128,10 @@ async def small(address: str, clients: int, seconds: float, batch: int, prefix: 
             nonlocal done
             sequence = 0
             while time.perf_counter() < deadline:
-                if batch == 1:
+                if batch == 1 and unary:
+                    await stub.PutShardUnary(pb.PutShardRequest(id=shard_id(prefix + number, sequence), length=4096,
+                                                                data=payload), timeout=30)
+                elif batch == 1:
                     await stub.PutShard(iter([pb.PutShardRequest(id=shard_id(prefix + number, sequence), length=4096,
                                                                  data=payload)]), timeout=30)
                 else:
@@ -131,6 +147,11 @@ async def small(address: str, clients: int, seconds: float, batch: int, prefix: 
         return done / (time.perf_counter() - started)
 
 
+async def stat(address: str) -> pb.StatResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await pb_grpc.ShardStoreStub(channel).Stat(pb.StatRequest(), timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.shardstore_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=None, help="directory on the filesystem to test (default: a temp dir)")
@@ -139,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=2, help="concurrent large-shard streams (default 2)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each small-put run (default 5)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent small-put clients (default 32)")
+    parser.add_argument("--small-only", action="store_true", help="skip dd and the large-shard runs")
+    parser.add_argument("--small-runs", default="unary,stream,batch",
+                        help="which 4 KiB runs, comma-separated (default unary,stream,batch; a node older than "
+                             "PutShardUnary takes stream,batch)")
     arguments = parser.parse_args(argv)
     base = tempfile.mkdtemp(prefix="cairn-shardstore-bench-", dir=arguments.dir)
     port = free_port()
@@ -150,16 +175,31 @@ def main(argv: list[str] | None = None) -> int:
         assert process.stdout.readline().strip() == f"listening: {address}"
         print(f"machine: {machine()}")
         print(f"filesystem dir: {base}")
-        print(f"dd bs=1M count=256 conv=fsync : {dd(base, 'conv=fsync')}")
-        print(f"dd bs=1M count=256 oflag=direct: {dd(base, 'oflag=direct')}")
-        put_mib_s, get_mib_s = asyncio.run(large(address, arguments.shard_mib, arguments.shards, arguments.streams))
-        print(f"PutShard {arguments.shards} x {arguments.shard_mib} MiB, 1 MiB chunks, {arguments.streams} streams: "
-              f"{put_mib_s:.0f} MiB/s (goal >= 250)")
-        print(f"GetShard same shards, {arguments.streams} streams: {get_mib_s:.0f} MiB/s (goal >= 400)")
-        single = asyncio.run(small(address, arguments.clients, arguments.seconds, 1, 1000))
-        print(f"4 KiB PutShard, one call per shard, {arguments.clients} clients: {single:.0f} puts/s (goal >= 2500)")
-        batched = asyncio.run(small(address, arguments.clients, arguments.seconds, 16, 2000))
-        print(f"4 KiB shards via PutShards batches of 16, {arguments.clients} clients: {batched:.0f} puts/s")
+        if not arguments.small_only:
+            print(f"dd bs=1M count=256 conv=fsync : {dd(base, 'conv=fsync')}")
+            print(f"dd bs=1M count=256 oflag=direct: {dd(base, 'oflag=direct')}")
+            put_mib_s, get_mib_s = asyncio.run(large(address, arguments.shard_mib, arguments.shards,
+                                                     arguments.streams))
+            print(f"PutShard {arguments.shards} x {arguments.shard_mib} MiB, 1 MiB chunks, {arguments.streams} "
+                  f"streams: {put_mib_s:.0f} MiB/s (goal >= 250)")
+            print(f"GetShard same shards, {arguments.streams} streams: {get_mib_s:.0f} MiB/s (goal >= 400)")
+        runs = {"unary": ("4 KiB PutShardUnary, one call per shard", 1, 1000, True, " (goal >= 2500)"),
+                "stream": ("4 KiB PutShard stream of one message per shard", 1, 2000, False, ""),
+                "batch": ("4 KiB shards via PutShards batches of 16", 16, 3000, True, "")}
+        for name in filter(None, arguments.small_runs.split(",")):
+            label, batch, prefix, unary, goal = runs[name]
+            node_cpu_s, client_cpu_s = process_cpu_s(process.pid), time.process_time()
+            before = asyncio.run(stat(address))
+            rate = asyncio.run(small(address, arguments.clients, arguments.seconds, batch, prefix, unary))
+            after = asyncio.run(stat(address))
+            puts = rate * arguments.seconds
+            node_us = (process_cpu_s(process.pid) - node_cpu_s) / puts * 1e6
+            client_us = (time.process_time() - client_cpu_s) / puts * 1e6
+            batches = after.commit_batches - before.commit_batches
+            per_batch = (after.committed_records - before.committed_records) / batches if batches else 0
+            print(f"{label}, {arguments.clients} clients: {rate:.0f} puts/s{goal}; "
+                  f"CPU per put: node {node_us:.0f} µs, client {client_us:.0f} µs; "
+                  f"{per_batch:.1f} puts per fsync")
     finally:
         process.terminate()
         try:

@@ -53,10 +53,22 @@ class ShardStoreService(pb_grpc.ShardStoreServicer):
                         yield message.data
 
                 checksums = list(first.block_checksums) or None
-                await self.node.put(_shard(first.id), first.length, first.data, rest(), checksums)
+                put_time_us = await self.node.put(_shard(first.id), first.length, first.data, rest(), checksums)
         except ShardStoreError as error:
             await self._fail(context, error)
-        return pb.PutShardResponse()
+        return pb.PutShardResponse(put_time_us=put_time_us)
+
+    async def PutShardUnary(self, request: pb.PutShardRequest, context) -> pb.PutShardResponse:
+        """A shard in one message: no stream, no stream slot (gRPC's own concurrent
+        stream bound and the message size bound it), one group commit."""
+        if not request.HasField("id"):
+            await self._fail(context, BadShardRequest("the message must name the shard"))
+        try:
+            checksums = list(request.block_checksums) or None
+            put_time_us = await self.node.put(_shard(request.id), request.length, request.data, None, checksums)
+        except ShardStoreError as error:
+            await self._fail(context, error)
+        return pb.PutShardResponse(put_time_us=put_time_us)
 
     async def PutShards(self, request: pb.PutShardsRequest, context) -> pb.PutShardsResponse:
         """Many small shards, one group commit: every put is queued before any waits."""
@@ -114,7 +126,8 @@ class ShardStoreService(pb_grpc.ShardStoreServicer):
             live_bytes=stats.live_bytes, fill_ratio=stats.fill_ratio,
             read_bytes_per_s=stats.read_bytes_per_s, write_bytes_per_s=stats.write_bytes_per_s,
             read_ops_per_s=stats.read_ops_per_s, write_ops_per_s=stats.write_ops_per_s,
-            in_flight=stats.in_flight, corrupt_count=stats.corrupt_count, extent_count=stats.extent_count)
+            in_flight=stats.in_flight, corrupt_count=stats.corrupt_count, extent_count=stats.extent_count,
+            commit_batches=stats.commit_batches, committed_records=stats.committed_records)
 
     async def Scrub(self, request: pb.ScrubRequest, context) -> pb.ScrubResponse:
         if request.run_now:

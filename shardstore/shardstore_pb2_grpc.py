@@ -39,6 +39,11 @@ class ShardStoreStub:
                 request_serializer=shardstore_dot_shardstore__pb2.PutShardRequest.SerializeToString,
                 response_deserializer=shardstore_dot_shardstore__pb2.PutShardResponse.FromString,
                 _registered_method=True)
+        self.PutShardUnary = channel.unary_unary(
+                '/cairn.shardstore.v1.ShardStore/PutShardUnary',
+                request_serializer=shardstore_dot_shardstore__pb2.PutShardRequest.SerializeToString,
+                response_deserializer=shardstore_dot_shardstore__pb2.PutShardResponse.FromString,
+                _registered_method=True)
         self.PutShards = channel.unary_unary(
                 '/cairn.shardstore.v1.ShardStore/PutShards',
                 request_serializer=shardstore_dot_shardstore__pb2.PutShardsRequest.SerializeToString,
@@ -81,6 +86,14 @@ class ShardStoreServicer:
 
     def PutShard(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutShardUnary(self, request, context):
+        """A shard that fits one message (id, length = len(data), data, optional
+        checksums), in one unary call: same semantics and statuses as PutShard.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -132,6 +145,11 @@ def add_ShardStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PutShard': grpc.stream_unary_rpc_method_handler(
                     servicer.PutShard,
+                    request_deserializer=shardstore_dot_shardstore__pb2.PutShardRequest.FromString,
+                    response_serializer=shardstore_dot_shardstore__pb2.PutShardResponse.SerializeToString,
+            ),
+            'PutShardUnary': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutShardUnary,
                     request_deserializer=shardstore_dot_shardstore__pb2.PutShardRequest.FromString,
                     response_serializer=shardstore_dot_shardstore__pb2.PutShardResponse.SerializeToString,
             ),
@@ -196,6 +214,33 @@ class ShardStore:
             request_iterator,
             target,
             '/cairn.shardstore.v1.ShardStore/PutShard',
+            shardstore_dot_shardstore__pb2.PutShardRequest.SerializeToString,
+            shardstore_dot_shardstore__pb2.PutShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutShardUnary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.shardstore.v1.ShardStore/PutShardUnary',
             shardstore_dot_shardstore__pb2.PutShardRequest.SerializeToString,
             shardstore_dot_shardstore__pb2.PutShardResponse.FromString,
             options,

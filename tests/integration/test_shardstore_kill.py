@@ -1,12 +1,14 @@
 """Property: SIGKILL of a real shardstore process loses no acknowledged operation.
 
 Method: start `python -m shardstore.main` on a temporary disk directory, run a
-storm of concurrent gRPC clients (whole and streamed puts, deletes, each client on
+storm of concurrent gRPC clients (unary and streamed puts, deletes, each client on
 its own shards so each shard's history is sequential), SIGKILL the process
 mid-storm, restart it on the same directory, and check every shard: it holds the
 state of its last acknowledged operation, or — when an operation was in flight at
 the kill — the state that operation would have produced, wholly (never a torn
 shard). Runs twice (two kill points). Every process started is stopped.
+Also: PutShardUnary answers like PutShard (idempotent re-put, ALREADY_EXISTS,
+INVALID_ARGUMENT for a shard that does not fit its one message).
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def _shard(client: int, slot: int) -> pb.ShardId:
 
 
 async def _put(stub, shard: pb.ShardId, data: bytes, chunk: int) -> None:
+    """One PutShardUnary call when the shard fits one message, else a PutShard stream."""
+    if chunk >= len(data):
+        await stub.PutShardUnary(pb.PutShardRequest(id=shard, length=len(data), data=data), timeout=20)
+        return
+
     async def messages():
         yield pb.PutShardRequest(id=shard, length=len(data), data=data[:chunk])
         for start in range(chunk, len(data), chunk):
@@ -152,6 +159,40 @@ def test_sigkill_mid_storm_loses_no_acknowledged_operation(storm_seconds):
             node.start()                                  # recover on the same disk
             checked, ambiguous = asyncio.run(_check(node.address, history))
             assert checked == len(history) > 10
+            assert node.stop() == 0
+        finally:
+            node.kill()
+
+
+async def _unary_answers(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.ShardStoreStub(channel)
+        shard = _shard(200, 1)
+        first = await stub.PutShardUnary(pb.PutShardRequest(id=shard, length=3, data=b"abc"), timeout=20)
+        assert first.put_time_us > 0
+        again = await stub.PutShardUnary(pb.PutShardRequest(id=shard, length=3, data=b"abc"), timeout=20)
+        assert again.put_time_us == first.put_time_us           # the stored copy serves
+        refusals = [(pb.PutShardRequest(id=shard, length=3, data=b"abd"), grpc.StatusCode.ALREADY_EXISTS),
+                    (pb.PutShardRequest(id=_shard(200, 2), length=9, data=b"abc"), grpc.StatusCode.INVALID_ARGUMENT),
+                    (pb.PutShardRequest(length=3, data=b"abc"), grpc.StatusCode.INVALID_ARGUMENT)]
+        for request, code in refusals:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.PutShardUnary(request, timeout=20)
+            assert refused.value.code() == code, refused.value
+        got = b"".join([m.data async for m in stub.GetShard(pb.GetShardRequest(id=shard), timeout=20)])
+        assert got == b"abc"
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetShard(pb.GetShardRequest(id=_shard(200, 2)), timeout=20).read()
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.timeout(60)
+def test_put_shard_unary_answers_like_put_shard():
+    with tempfile.TemporaryDirectory(prefix="cairn-shardstore-unary-") as disk:
+        node = NodeProcess(disk)
+        try:
+            node.start()
+            asyncio.run(_unary_answers(node.address))
             assert node.stop() == 0
         finally:
             node.kill()
