@@ -22,7 +22,7 @@ import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote, unquote_to_bytes
 
-from common.errors import StoreError
+from common.errors import NoSuchBucket, StoreError
 from common.ids import new_http_request_id
 from frontend.s3 import errors, router
 from frontend.s3.auth import Authenticator
@@ -96,7 +96,18 @@ class S3App:
             headers=headers, endpoint=endpoint, user=auth.user, auth=auth,
             request_id=request_id, body=_body(receive, body_state), body_state=body_state,
         )
-        return await handler(self.services, request)
+        try:
+            return await handler(self.services, request)
+        except NoSuchBucket:
+            # A bucket authorised from the worker's cache was deleted or re-created
+            # (DESIGN §4 step 8): re-read the authority and run the handler again, which
+            # is safe while nothing of the body was read.
+            if not request.cached_buckets or request.body_state.started:
+                raise
+            for name in request.cached_buckets:
+                self.services.buckets.pop(name, None)
+            request.cached_buckets.clear()
+            return await handler(self.services, request)
 
     async def _send(self, send, response: Response, request_id: str, method: str, body_state: BodyState) -> None:
         headers = [(b"x-amz-request-id", request_id.encode()), (b"server", b"Cairn")]

@@ -47,6 +47,10 @@ class Services:
     limits: Limits
     region: str
     clock_us: Callable[[], int]
+    buckets: dict = field(default_factory=dict)
+    """Bucket records this worker authorised with (DESIGN §3 step 1, §4 step 8): never
+    an absence; a stale one is caught by the incarnation check of every object read
+    and commit (NoSuchBucket), which makes the worker re-read the authority."""
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Request:
     request_id: str
     body: AsyncIterator[bytes]
     body_state: "BodyState"
+    cached_buckets: set = field(default_factory=set)
 
     @property
     def bucket(self) -> str:

@@ -119,3 +119,41 @@ def test_successful_put_then_get(world):
     assert status == 200
     status, headers, body = loop.run_until_complete(call(app, "GET", "/bucket/k"))
     assert status == 200 and body == data and headers["content-length"] == str(len(data))
+
+
+def _recreate(loop, meta, owner: str) -> None:
+    """Delete and re-create "bucket" behind the worker's back (another worker did it)."""
+    from common.seams import CreateBucket, DeleteBucket
+
+    async def run():
+        record = await meta.get_bucket("bucket")
+        await meta.commit(DeleteBucket("bucket", record.incarnation), None, os.urandom(8), 2**62)
+        await meta.commit(CreateBucket("bucket", owner, "us-east-1"), None, os.urandom(8), 2**62)
+    loop.run_until_complete(run())
+
+
+@pytest.mark.parametrize("method,body", [("PUT", b"x" * 10), ("PUT", os.urandom(100_000)), ("GET", b"")])
+def test_a_stale_cached_bucket_is_caught_and_refreshed(world, method, body):
+    """The worker authorised with a cached bucket record; the bucket was re-created
+    since (new incarnation): the request still succeeds against the new bucket."""
+    app, meta, blobs, loop = world
+    status, _, _ = loop.run_until_complete(call(app, "GET", "/bucket/warm"))
+    assert status == 404                              # NoSuchKey; the worker now caches "bucket"
+    _recreate(loop, meta, "ann")
+    if method == "PUT":
+        status, _, _ = loop.run_until_complete(call(app, "PUT", "/bucket/k", body))
+        assert status == 200
+        status, _, got = loop.run_until_complete(call(app, "GET", "/bucket/k"))
+        assert status == 200 and got == body
+    else:
+        status, _, got = loop.run_until_complete(call(app, "GET", "/bucket/warm"))
+        assert status == 404 and b"<Code>NoSuchKey</Code>" in got   # not NoSuchBucket: the bucket exists
+
+
+def test_a_bucket_recreated_by_another_owner_is_access_denied(world):
+    app, meta, blobs, loop = world
+    loop.run_until_complete(call(app, "GET", "/bucket/warm"))
+    _recreate(loop, meta, "bob")
+    status, _, got = loop.run_until_complete(call(app, "PUT", "/bucket/k", os.urandom(100_000)))
+    assert status == 403 and b"<Code>AccessDenied</Code>" in got
+    assert blobs.stored_bytes() == 0                  # the bytes written before the refusal are gone

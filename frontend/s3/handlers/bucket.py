@@ -74,26 +74,29 @@ async def create_bucket(services: Services, request: Request) -> Response:
 
 
 async def head_bucket(services: Services, request: Request) -> Response:
-    bucket = await owned_bucket(services, request)
+    bucket = await owned_bucket(services, request, fresh=True)
     return Response(headers=[("x-amz-bucket-region", bucket.region)])
 
 
 async def delete_bucket(services: Services, request: Request) -> Response:
-    bucket = await owned_bucket(services, request)
+    bucket = await owned_bucket(services, request, fresh=True)
     mutation = DeleteBucket(bucket=bucket.name, bucket_incarnation=bucket.incarnation)
-    await services.meta.commit(mutation, None, commit_request_id(request), not_after_us(services))
+    try:
+        await services.meta.commit(mutation, None, commit_request_id(request), not_after_us(services))
+    finally:
+        services.buckets.pop(bucket.name, None)
     return Response(status=204)
 
 
 async def get_bucket_location(services: Services, request: Request) -> Response:
-    bucket = await owned_bucket(services, request)
+    bucket = await owned_bucket(services, request, fresh=True)
     region = "" if bucket.region == "us-east-1" else bucket.region
     body = f'<?xml version="1.0" encoding="UTF-8"?>\n<LocationConstraint xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{region}</LocationConstraint>'
     return Response(headers=[XML], body=body.encode())
 
 
 async def get_bucket_versioning(services: Services, request: Request) -> Response:
-    await owned_bucket(services, request)
+    await owned_bucket(services, request, fresh=True)
     return Response(headers=[XML], body=document("VersioningConfiguration", ""))
 
 

@@ -21,7 +21,7 @@ from frontend.s3.xml import child_text, document, element, parse
 
 
 async def delete_objects(services: Services, request: Request) -> Response:
-    bucket = await owned_bucket(services, request)
+    bucket = await owned_bucket(services, request, fresh=True)
     headers = request.headers
     if "content-md5" not in headers and not any(name.startswith("x-amz-checksum-") for name, _ in headers.items()) \
             and "x-amz-sdk-checksum-algorithm" not in headers:

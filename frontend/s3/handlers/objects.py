@@ -15,10 +15,12 @@ with `x-amz-checksum-mode: ENABLED` for whole-object reads.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 from urllib.parse import unquote
 
 from common.errors import PreconditionFailed as StorePreconditionFailed
+from common.errors import NoSuchBucket as StoreNoSuchBucket
 from common.errors import StoreError
 from common.seams import (
     BlobRef, Condition, DeleteObject, IfMatch, IfNoneMatchStar, Inline, ObjectDraft,
@@ -30,7 +32,7 @@ from frontend.s3 import errors
 from frontend.s3.handlers.copying import copy_bytes
 from frontend.s3.handlers.support import (
     checksum_headers, check_key, commit_request_id, content_headers, etag_header,
-    is_sdk_retry, not_after_us, object_headers, owned_bucket, read_body, store_payload,
+    is_sdk_retry, not_after_us, object_headers, owned_bucket, read_body, refresh_bucket, store_payload,
     strip_etag, user_metadata,
 )
 from frontend.s3.request import Request, Response, Services
@@ -121,11 +123,22 @@ async def put_object(services: Services, request: Request) -> Response:
 
 async def commit_or_discard(services: Services, request: Request, mutation, condition: Condition, body, *, body_md5: str = "",
                             upload_id: str = "", part_number: int = 0):
-    """Commit; on a refusal, delete the bytes this request wrote (never committed)."""
+    """Commit; on a refusal, delete the bytes this request wrote (never committed).
+
+    A NoSuchBucket for a bucket authorised from the worker's cache re-reads the
+    authority once: the bucket re-created by the same owner gets the commit with its
+    new incarnation (same request id: a NoSuchBucket refusal is not recorded)."""
     rid = commit_request_id(request, upload_id=upload_id, part_number=part_number, body_md5=body_md5)
     try:
-        return await services.meta.commit(mutation, condition, rid, not_after_us(services))
-    except StoreError as error:
+        try:
+            return await services.meta.commit(mutation, condition, rid, not_after_us(services))
+        except StoreNoSuchBucket:
+            if mutation.bucket not in request.cached_buckets:
+                raise
+            fresh = await refresh_bucket(services, request, mutation.bucket)
+            mutation = dataclasses.replace(mutation, bucket_incarnation=fresh.incarnation)
+            return await services.meta.commit(mutation, condition, rid, not_after_us(services))
+    except (StoreError, errors.S3Error) as error:
         if isinstance(body, BlobRef) and error.code != "OutcomeUnknown":
             await services.blobs.delete(body)
         if isinstance(error, StorePreconditionFailed):

@@ -24,14 +24,38 @@ CONTENT_HEADERS = (
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
 
-async def owned_bucket(services: Services, request: Request, name: str | None = None) -> BucketRecord:
+BUCKET_CACHE_MAX = 10_000
+
+
+async def owned_bucket(services: Services, request: Request, name: str | None = None, *,
+                       fresh: bool = False) -> BucketRecord:
+    """The bucket, authorised for the request's user. Object operations may use the
+    worker's cached record (`fresh=False`): its incarnation goes into every object read
+    and commit, so a bucket deleted or re-created since is refused as NoSuchBucket,
+    and the app (no body read yet) or `refresh_bucket` (bytes already stored) re-reads
+    the authority. Bucket operations read the authority (`fresh=True`)."""
     bucket = name if name is not None else request.bucket
+    record = None if fresh else services.buckets.get(bucket)
+    if record is not None and record.owner == request.user.name:
+        request.cached_buckets.add(bucket)
+        return record
     record = await services.meta.get_bucket(bucket)
     if record is None:
+        services.buckets.pop(bucket, None)
         raise errors.NoSuchBucket(BucketName=bucket)
+    if len(services.buckets) >= BUCKET_CACHE_MAX:
+        services.buckets.clear()
+    services.buckets[bucket] = record
     if record.owner != request.user.name:
         raise errors.AccessDenied()
     return record
+
+
+async def refresh_bucket(services: Services, request: Request, name: str) -> BucketRecord:
+    """After a store said NoSuchBucket for a cached record: the authority's record."""
+    services.buckets.pop(name, None)
+    request.cached_buckets.discard(name)
+    return await owned_bucket(services, request, name, fresh=True)
 
 
 def check_key(services: Services, key: str) -> None:
