@@ -5,8 +5,9 @@ status name; anything else is logged and answered INTERNAL. Bugs
 (`InvariantViolation`) are not caught here either — they surface as INTERNAL with
 the traceback logged.
 
-Stream bounds: PutShard and GetShard take a stream slot (SHARD_STREAMS_MAX) and are
-refused RESOURCE_EXHAUSTED beyond it. A client that goes away mid-put cancels the
+Stream bounds: PutShard, PutShardUnary and GetShard take a stream slot
+(SHARD_STREAMS_MAX: calls holding shard bytes) and are refused RESOURCE_EXHAUSTED
+beyond it. A client that goes away mid-put cancels the
 handler; the node cuts the unfinished record off, so nothing becomes visible.
 """
 
@@ -59,13 +60,14 @@ class ShardStoreService(pb_grpc.ShardStoreServicer):
         return pb.PutShardResponse(put_time_us=put_time_us)
 
     async def PutShardUnary(self, request: pb.PutShardRequest, context) -> pb.PutShardResponse:
-        """A shard in one message: no stream, no stream slot (gRPC's own concurrent
-        stream bound and the message size bound it), one group commit."""
-        if not request.HasField("id"):
-            await self._fail(context, BadShardRequest("the message must name the shard"))
+        """A whole shard in one message (length == len(data)), answered like PutShard;
+        it rides the node's group commit with every other small put."""
         try:
-            checksums = list(request.block_checksums) or None
-            put_time_us = await self.node.put(_shard(request.id), request.length, request.data, None, checksums)
+            with self.node.stream_slot():
+                if not request.HasField("id"):
+                    raise BadShardRequest("the message must name the shard")
+                checksums = list(request.block_checksums) or None
+                put_time_us = await self.node.put(_shard(request.id), request.length, request.data, None, checksums)
         except ShardStoreError as error:
             await self._fail(context, error)
         return pb.PutShardResponse(put_time_us=put_time_us)
