@@ -164,6 +164,10 @@ def _queue_reap(view: Overlay, entry: JournalEntry, refs) -> None:
     view.put(key, codec.dump(record))
 
 
+def _load_bucket(raw: bytes) -> BucketRecord:
+    return codec.load_record(raw, BucketRecord)
+
+
 def body_blobs(body) -> tuple[BlobRef, ...]:
     if isinstance(body, BlobRef):
         return (body,)
@@ -198,8 +202,7 @@ class _Context:
     # ---------------------------------------------------------------- checks
 
     def bucket(self, name: str, incarnation: str) -> BucketRecord:
-        raw = self.view.get(keys.bucket_key(name))
-        record = codec.load_record(raw, BucketRecord) if raw is not None else None
+        record = self.view.decoded(keys.bucket_key(name), _load_bucket)
         if record is None or record.incarnation != incarnation:
             raise Refusal("NoSuchBucket")
         return record
@@ -263,9 +266,8 @@ class _Context:
             self.view.delete(keys.PLACEMENT + ref.data_id)
         _queue_reap(self.view, self.entry, refs)
 
-    def install(self, bucket: str, key: str, draft) -> str:
+    def install(self, bucket: str, key: str, draft, previous: ObjectRecord | None) -> str:
         version_id = encode_seq_id(self.partition, self.seq)
-        previous = self.current(bucket, key)
         if previous is not None:
             self.displace(body_blobs(previous.body))
         record = ObjectRecord(
@@ -299,9 +301,10 @@ class _Context:
         return Outcome(seq=self.seq, time_us=self.now_us)
 
     def put_object(self, bucket: BucketRecord, mutation: PutObject, condition) -> Outcome:
-        self.check_condition(self.current(bucket.name, mutation.key), condition)
+        current = self.current(bucket.name, mutation.key)
+        self.check_condition(current, condition)
         self.check_draft(mutation.draft)
-        version_id = self.install(bucket.name, mutation.key, mutation.draft)
+        version_id = self.install(bucket.name, mutation.key, mutation.draft, current)
         return Outcome(seq=self.seq, time_us=self.now_us, version_id=version_id)
 
     def delete_object(self, bucket: BucketRecord, mutation: DeleteObject, condition) -> Outcome:
@@ -341,7 +344,8 @@ class _Context:
         return Outcome(seq=self.seq, time_us=self.now_us)
 
     def complete_upload(self, bucket: BucketRecord, mutation: CompleteUpload, condition) -> Outcome:
-        self.check_condition(self.current(bucket.name, mutation.key), condition)
+        current = self.current(bucket.name, mutation.key)
+        self.check_condition(current, condition)
         upload_seq, _ = self.upload(bucket.name, mutation.key, mutation.upload_id)
         stored = self.parts(bucket.name, mutation.key, upload_seq)
         listed = set()
@@ -367,7 +371,7 @@ class _Context:
         self.displace(part.blob for number, part in sorted(stored.items()) if number not in listed)
         for number in listed:   # the listed parts pass to the new version
             self.view.delete(keys.PLACEMENT + stored[number].blob.data_id)
-        version_id = self.install(bucket.name, mutation.key, draft)
+        version_id = self.install(bucket.name, mutation.key, draft, current)
         return Outcome(seq=self.seq, time_us=self.now_us, version_id=version_id)
 
     def abort_upload(self, bucket: BucketRecord, mutation: AbortUpload, condition) -> Outcome:

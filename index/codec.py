@@ -12,6 +12,7 @@ Stored values are one format-version byte, then the message (`dump`/`load`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -29,62 +30,93 @@ _CLASSES: dict[str, type] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+_SCALAR, _SCALARS, _PAIRS, _MESSAGES, _WRAPPER, _MESSAGE = range(6)
+_PLANS: dict[str, tuple] = {}
+
+
+def _plan(descriptor) -> tuple:
+    """Per message type, once: (field name, kind) for every field, so conversions do
+    not walk protobuf descriptors on every call."""
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is None:
+        fields = []
+        for field in descriptor.fields:
+            if field.message_type is None:
+                kind = _SCALARS if field.is_repeated else _SCALAR
+            elif field.message_type.name == "Pair":
+                kind = _PAIRS
+            elif field.is_repeated:
+                kind = _MESSAGES
+            elif field.message_type.name in _WRAPPERS:
+                kind = _WRAPPER
+            else:
+                kind = _MESSAGE
+            fields.append((field.name, kind))
+        plan = (descriptor.name in _WRAPPERS, _CLASSES.get(descriptor.name), tuple(fields))
+        _PLANS[descriptor.full_name] = plan
+    return plan
+
+
 def to_message(value: Any, message: Any) -> Any:
     """Fill protobuf `message` from dataclass `value` (or a Union member for wrappers)."""
-    descriptor = message.DESCRIPTOR
-    if descriptor.name in _WRAPPERS:
+    wrapper, _, fields = _plan(message.DESCRIPTOR)
+    if wrapper:
         if value is None:
             return message
-        field = _snake(type(value).__name__)
-        to_message(value, getattr(message, field))
-        getattr(message, field).SetInParent()
+        target = getattr(message, _snake(type(value).__name__))
+        to_message(value, target)
+        target.SetInParent()
         return message
-    for field in descriptor.fields:
-        item = getattr(value, field.name)
-        if field.message_type is None:
-            if field.is_repeated:
-                getattr(message, field.name).extend(item)
-            else:
-                setattr(message, field.name, item)
-        elif field.message_type.name == "Pair":
-            target = getattr(message, field.name)
-            for name, text in item:
-                target.add(name=name, value=text)
-        elif field.is_repeated:
-            target = getattr(message, field.name)
+    for name, kind in fields:
+        item = getattr(value, name)
+        if kind == _SCALAR:
+            setattr(message, name, item)
+        elif kind == _PAIRS:
+            if item:
+                target = getattr(message, name)
+                for pair_name, text in item:
+                    target.add(name=pair_name, value=text)
+        elif kind == _SCALARS:
+            getattr(message, name).extend(item)
+        elif kind == _MESSAGES:
+            target = getattr(message, name)
             for element in item:
                 to_message(element, target.add())
-        elif item is not None or field.message_type.name in _WRAPPERS:
-            to_message(item, getattr(message, field.name))
-            if item is not None:
-                getattr(message, field.name).SetInParent()
+        elif kind == _WRAPPER:
+            to_message(item, getattr(message, name))
+        elif item is not None:
+            target = getattr(message, name)
+            to_message(item, target)
+            target.SetInParent()
     return message
 
 
 def from_message(message: Any) -> Any:
     """The dataclass (or Union member, or None for an empty wrapper) a message holds."""
-    descriptor = message.DESCRIPTOR
-    if descriptor.name in _WRAPPERS:
+    wrapper, cls, fields = _plan(message.DESCRIPTOR)
+    if wrapper:
         which = message.WhichOneof("kind")
         return None if which is None else from_message(getattr(message, which))
-    cls = _CLASSES[descriptor.name]
     values = {}
-    for field in descriptor.fields:
-        item = getattr(message, field.name)
-        if field.message_type is None:
-            values[field.name] = tuple(item) if field.is_repeated else item
-        elif field.message_type.name == "Pair":
-            values[field.name] = tuple((pair.name, pair.value) for pair in item)
-        elif field.is_repeated:
-            values[field.name] = tuple(from_message(element) for element in item)
-        elif field.message_type.name in _WRAPPERS or message.HasField(field.name):
-            values[field.name] = from_message(item)
+    for name, kind in fields:
+        item = getattr(message, name)
+        if kind == _SCALAR:
+            values[name] = item
+        elif kind == _PAIRS:
+            values[name] = tuple((pair.name, pair.value) for pair in item) if item else ()
+        elif kind == _SCALARS:
+            values[name] = tuple(item)
+        elif kind == _MESSAGES:
+            values[name] = tuple(from_message(element) for element in item)
+        elif kind == _WRAPPER or message.HasField(name):
+            values[name] = from_message(item)
         else:
-            values[field.name] = None
+            values[name] = None
     return cls(**values)
 
 

@@ -54,6 +54,20 @@ class Overlay:
         self.base = base
         self.writes: dict[bytes, bytes | None] = {}
         self._sorted: list[bytes] = []
+        self._decoded: dict[bytes, tuple[bytes, object]] = {}
+
+    def decoded(self, key: bytes, decode) -> object | None:
+        """`decode(value)` of the key's current value, decoded once per distinct value
+        within this batch (a batch's entries often share their bucket record)."""
+        raw = self.get(key)
+        if raw is None:
+            return None
+        memo = self._decoded.get(key)
+        if memo is not None and memo[0] is raw:
+            return memo[1]
+        value = decode(raw)
+        self._decoded[key] = (raw, value)
+        return value
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
