@@ -460,6 +460,15 @@ class Nemesis(threading.Thread):
         self.log: list[str] = []
         self.error: BaseException | None = None
 
+    def _wait_new_pid(self, node: int, old: int) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pid = self.dev.metanode_pid(node)
+            if pid is not None and pid != old:
+                return pid
+            time.sleep(0.01)
+        raise AssertionError(f"metanode {node} was not restarted")
+
     def run(self) -> None:
         try:
             while time.monotonic() < self.until:
@@ -470,6 +479,13 @@ class Nemesis(threading.Thread):
                     pid = self.dev.sigkill(node)
                     self.kills += 1
                     self.log.append(f"{time.monotonic():.2f} SIGKILL metanode {node} (pid {pid})")
+                    if self.random.random() < 0.3:                # again, while it rejoins
+                        pid = self._wait_new_pid(node, pid)
+                        time.sleep(self.random.uniform(0.0, 0.4))
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                            self.kills += 1
+                            self.log.append(f"{time.monotonic():.2f} SIGKILL metanode {node} (pid {pid}) rejoining")
                     new = self.dev.wait_restarted(node, pid, epoch)
                     self.log.append(f"{time.monotonic():.2f} metanode {node} back as pid {new}")
                 else:
