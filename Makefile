@@ -31,6 +31,8 @@ bench: $(STAMP)  ## the benchmarks, with the machine they ran on
 	$(BIN)/python -m bench.s3_bench --cluster -w put4k64,get4k64,put64k32,get64k32,list
 	$(BIN)/python -m bench.journal_bench
 	$(BIN)/python -m bench.shardstore_bench
+	$(BIN)/python -m bench.erasure_bench
+	$(BIN)/python -m shardstore.placement_sim
 
 bench-http: $(STAMP)  ## the HTTP server candidates (DESIGN §11) on the same minimal PUT/GET handler
 	$(BIN)/python -m bench.http_candidates $(ARGS)
