@@ -10,7 +10,8 @@ Layout under the data dir:
                       erasure-coded data path lands)
 
 Steps: write cluster.toml; start the three metadata nodes, each ready before the
-next; start the frontend workers on one port (SO_REUSEPORT); print endpoint and
+next; bind the S3 port and start the frontend workers, which all accept on that one
+listening socket; print endpoint and
 credentials; on SIGINT/SIGTERM stop the workers, then the nodes (each syncs and
 marks a clean stop, so the next start resumes without an epoch change). The
 supervisor restarts any process that dies, saying so.
@@ -54,17 +55,24 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
                           tls_key: str | None, workers: int = DEV_WORKERS) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     cluster = write_cluster_toml(data_dir)
-    if port == 0:
-        port = _free_port(host)
+    # The supervisor binds the S3 port itself and hands the listening socket to every
+    # worker: a port in use fails here with a clear message, and two clusters can
+    # never share a port (as SO_REUSEPORT would let them).
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
     python = sys.executable
     specs = [ProcessSpec(f"metanode-{node}", [python, "-m", "index.metanode", "--node", str(node),
                                               "--config", str(cluster)])
              for node in range(METADATA_NODES)]
     worker_argv = [python, "-m", "frontend.worker", "--config", config.path, "--cluster", str(cluster),
-                   "--data-dir", str(data_dir), "--host", host, "--port", str(port)]
+                   "--data-dir", str(data_dir), "--host", host, "--port", str(port), "--fd", str(listener.fileno())]
     if tls_cert:
         worker_argv += ["--tls-cert", tls_cert, "--tls-key", tls_key]
-    specs += [ProcessSpec(f"frontend-{index}", worker_argv) for index in range(workers)]
+    specs += [ProcessSpec(f"frontend-{index}", worker_argv, pass_fds=(listener.fileno(),)) for index in range(workers)]
     group = Supervisor(specs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,6 +82,7 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
         ready = await group.start()
     except Exception as error:
         await group.stop()
+        listener.close()
         print(f"cairn dev: the cluster did not start: {error}", file=sys.stderr)
         return 1
     user = config.users[0]
@@ -88,5 +97,6 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     sys.stdout.flush()
     await stop.wait()
     await group.stop()
+    listener.close()
     print("stopped", file=sys.stderr)
     return 0

@@ -37,6 +37,7 @@ class ProcessSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     ready_prefix: str = "listening: "
+    pass_fds: tuple[int, ...] = ()
 
 
 class ChildFailed(RuntimeError):
@@ -70,7 +71,7 @@ class Supervisor:
         environment = dict(os.environ, **child.spec.env)
         child.process = await asyncio.create_subprocess_exec(
             *child.spec.argv, stdout=asyncio.subprocess.PIPE, stderr=None, stdin=asyncio.subprocess.DEVNULL,
-            env=environment, start_new_session=True,
+            env=environment, start_new_session=True, pass_fds=child.spec.pass_fds,
         )
         child.started_at = asyncio.get_running_loop().time()
         try:

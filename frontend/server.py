@@ -82,7 +82,7 @@ class _Server(uvicorn.Server):
 async def serve(
     app: S3App, *, host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None,
     on_ready: Callable[[str], None] | None = None, limit_concurrency: int | None = None,
-    reuse_port: bool = False,
+    reuse_port: bool = False, listen_fd: int | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. With `reuse_port`, the socket is bound with
     SO_REUSEPORT so several worker processes share one port (DESIGN §1)."""
@@ -94,7 +94,9 @@ async def serve(
     )
     server = _Server(config)
     sockets = None
-    if reuse_port:
+    if listen_fd is not None:
+        sockets = [socket.socket(fileno=listen_fd)]
+    elif reuse_port:
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

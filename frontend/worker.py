@@ -1,6 +1,6 @@
 """One frontend worker process on the metadata cluster: `python -m frontend.worker`.
 
-Several workers share one port (SO_REUSEPORT) and nothing else but the cluster:
+Several workers share one port (one inherited listening socket, or SO_REUSEPORT) and nothing else but the cluster:
 each has its own journal client, read connections and record cache
 (index/client.py), and stores bytes above INLINE_MAX in the file-per-blob store
 under the data dir, shared by every worker on the machine, until the
@@ -41,7 +41,8 @@ async def run(arguments: argparse.Namespace) -> int:
 
     try:
         await serve(app, host=arguments.host, port=arguments.port, tls_cert=arguments.tls_cert,
-                    tls_key=arguments.tls_key, on_ready=ready, reuse_port=True)
+                    tls_key=arguments.tls_key, on_ready=ready, reuse_port=arguments.fd is None,
+                    listen_fd=arguments.fd)
     finally:
         await meta.close()
         await blobs.close()
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="where the file-per-blob store keeps bytes")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fd", type=int, help="accept on this inherited listening socket (from `cairn dev`) "
+                                                  "instead of binding --port with SO_REUSEPORT")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     arguments = parser.parse_args(argv)
