@@ -157,3 +157,20 @@ def test_a_bucket_recreated_by_another_owner_is_access_denied(world):
     status, _, got = loop.run_until_complete(call(app, "PUT", "/bucket/k", os.urandom(100_000)))
     assert status == 403 and b"<Code>AccessDenied</Code>" in got
     assert blobs.stored_bytes() == 0                  # the bytes written before the refusal are gone
+
+
+def test_complete_after_the_bucket_was_recreated_is_no_such_upload(world):
+    """A handler that reads the store after its body must not trust a cached bucket:
+    the upload belonged to the old bucket, so the answer is NoSuchUpload (found by the
+    conformance state machine on the cluster: it answered NoSuchBucket)."""
+    app, meta, blobs, loop = world
+    status, _, body = loop.run_until_complete(call(app, "POST", "/bucket/k?uploads"))
+    assert status == 200
+    upload_id = body.split(b"<UploadId>")[1].split(b"</UploadId>")[0].decode()
+    loop.run_until_complete(call(app, "DELETE", f"/bucket/k?uploadId={upload_id}"))
+    loop.run_until_complete(call(app, "GET", "/bucket/warm"))            # cache "bucket"
+    _recreate(loop, meta, "ann")
+    document = (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"00\"</ETag></Part>"
+                b"</CompleteMultipartUpload>")
+    status, _, got = loop.run_until_complete(call(app, "POST", f"/bucket/k?uploadId={upload_id}", document))
+    assert status == 404 and b"<Code>NoSuchUpload</Code>" in got

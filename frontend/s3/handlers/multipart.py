@@ -143,7 +143,10 @@ def _parse_complete(body: bytes, services: Services) -> list[tuple[int, str, dic
 
 async def complete_multipart_upload(services: Services, request: Request) -> Response:
     check_key(services, request.key)
-    bucket = await owned_bucket(services, request)
+    # The authority, not the worker's cached record: this handler reads the store
+    # (list_parts) after consuming its body, when a stale record could no longer be
+    # retried (frontend/s3/app.py).
+    bucket = await owned_bucket(services, request, fresh=True)
     upload_id = request.query.get("uploadId", "")
     condition = write_condition(request)
     body, _ = await read_small_body(services, request)
