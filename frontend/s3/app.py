@@ -102,10 +102,13 @@ class S3App:
             # A bucket authorised from the worker's cache was deleted or re-created
             # (DESIGN §4 step 8): re-read the authority and run the handler again, which
             # is safe while nothing of the body was read.
-            if not request.cached_buckets or request.body_state.started:
-                raise
             for name in request.cached_buckets:
                 self.services.buckets.pop(name, None)
+            if not request.cached_buckets or request.body_state.started:
+                # Handlers that read the store after their body authorise against the
+                # authority (or commit through commit_or_discard), so this is a true
+                # NoSuchBucket; the cache is dropped all the same.
+                raise
             request.cached_buckets.clear()
             return await handler(self.services, request)
 
