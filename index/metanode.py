@@ -13,15 +13,13 @@ its RocksDB under `<data_dir>/index`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 import time
 
 from index.replica import IndexReplica
-from journal.server import JournalNode, load_config
+from journal.main import serve
 
 SYNC_INTERVAL_S = 1.0
 
@@ -60,21 +58,10 @@ class IndexApplier:
             self.replica.close()
 
 
-async def serve(node_id: int, config_path: str) -> None:
-    cluster = load_config(config_path)
-    applier = IndexApplier(os.path.join(cluster.node(node_id).data_dir, "index"))
-    node = JournalNode(cluster, node_id, applier=applier)
-    server = await node.start()
-    print(f"listening: {server.host}:{server.port}", flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopped.set)
-    await stopped.wait()
-    logging.getLogger("cairn.metanode").info("MetanodeStop node=%d", node_id)
-    await node.stop()
-    applier.close()
-    node.mark_clean()
+def _index_applier(node_id: int):
+    def make(cluster) -> IndexApplier:
+        return IndexApplier(os.path.join(cluster.node(node_id).data_dir, "index"))
+    return make
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import uvloop
 
-    uvloop.run(serve(arguments.node, arguments.config))
+    uvloop.run(serve(arguments.node, arguments.config, _index_applier(arguments.node)))
     return 0
 
 

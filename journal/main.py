@@ -27,9 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(node_id: int, config_path: str) -> None:
+async def serve(node_id: int, config_path: str, applier_for=None) -> None:
+    """Run node `node_id` until SIGTERM/SIGINT. `applier_for(cluster)` makes the
+    node's Applier (the index replica, for a metadata node); default the toy one."""
     cluster = load_config(config_path)
-    node = JournalNode(cluster, node_id)
+    applier = applier_for(cluster) if applier_for is not None else None
+    node = JournalNode(cluster, node_id, applier=applier)
     server = await node.start()
     print(f"listening: {server.host}:{server.port}", flush=True)
     stopped = asyncio.Event()
@@ -39,6 +42,9 @@ async def serve(node_id: int, config_path: str) -> None:
     await stopped.wait()
     logging.getLogger("cairn.journal").info("JournalNodeStop node=%d", node_id)
     await node.stop()
+    close = getattr(node.applier, "close", None)
+    if close is not None:
+        close()                      # the replica synced before the clean-stop mark
     node.mark_clean()
 
 
