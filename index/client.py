@@ -43,10 +43,11 @@ class Transport(Protocol):
     async def submit(self, request_id: bytes, slots: tuple[int, ...], payload: bytes) -> bytes:
         """The AppliedEntry bytes of the entry carrying `request_id`; TransportRetry if unknown."""
 
-    async def read(self, slot: int, request: bytes, as_of: int | None) -> bytes | None:
+    async def read(self, slot: int, request: bytes, as_of: int | None, also_slots: tuple[int, ...] = ()) -> bytes | None:
         """ReadAnswer bytes for one encoded ReadRequest, or None for CURRENT: the node's
         witness for `slot` is at most `as_of`, so the caller's cached answer holds
-        (DESIGN §4 step 2). TransportRetry if no node could answer."""
+        (DESIGN §4 step 2); the node's witness is the highest over `slot` and
+        `also_slots`. TransportRetry if no node could answer."""
 
     async def close(self) -> None: ...
 
@@ -79,13 +80,14 @@ class ClusterMetadataStore:
         assert outcome is not None
         return outcome
 
-    async def _read(self, slot: int, request, as_of: int | None = None) -> index_pb2.ReadAnswer | None:
+    async def _read(self, slot: int, request, as_of: int | None = None,
+                    also_slots: tuple[int, ...] = ()) -> index_pb2.ReadAnswer | None:
         raw = codec.dump(request)
         delay_s = 0.005
         deadline_us = self.clock_us() + self.limits.COMMIT_DEADLINE_MS * 1000
         while True:
             try:
-                answer = await self.transport.read(slot, raw, as_of)
+                answer = await self.transport.read(slot, raw, as_of, also_slots)
                 return None if answer is None else codec.load(answer, index_pb2.ReadAnswer)
             except TransportRetry:
                 if self.clock_us() > deadline_us:
@@ -102,7 +104,11 @@ class ClusterMetadataStore:
         cached = self.cache.lookup(cache_key, (self.partition, 0))
         request = index_pb2.ReadRequest(get_object=index_pb2.GetObjectRead(
             bucket=bucket, bucket_incarnation=bucket_incarnation, key=key))
-        answer = await self._read(self._slot(bucket, key), request, cached[0] if cached else None)
+        # The answer also depends on the bucket (absent or re-created means NoSuchBucket),
+        # whose operations raise only the bucket's slot: a cached answer holds only
+        # while neither slot moved.
+        answer = await self._read(self._slot(bucket, key), request, cached[0] if cached else None,
+                                  (self._slot(bucket),))
         if answer is None:
             if cached is None:
                 raise OutcomeUnknown("a node answered CURRENT to a read without an as-of")

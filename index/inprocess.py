@@ -34,8 +34,9 @@ class InProcessTransport:
             self.witness[slot] = entry.seq
         return self.replica.apply([entry])[0]
 
-    async def read(self, slot: int, request: bytes, as_of: int | None) -> bytes | None:
-        if as_of is not None and as_of >= self.witness.get(slot, 0):
+    async def read(self, slot: int, request: bytes, as_of: int | None, also_slots: tuple[int, ...] = ()) -> bytes | None:
+        fence = max([self.witness.get(slot, 0)] + [self.witness.get(extra, 0) for extra in also_slots])
+        if as_of is not None and as_of >= fence:
             return None                         # CURRENT
         return self.replica.answer(request)
 

@@ -34,8 +34,9 @@ class JournalTransport:
             raise OutcomeUnknown(str(error)) from None
         return result.outcome
 
-    async def read(self, slot: int, request: bytes, as_of: int | None) -> bytes | None:
-        frame = pb.ReadFrame(slot=max(slot, 0), has_as_of=as_of is not None, as_of=as_of or 0, any_slot=slot < 0)
+    async def read(self, slot: int, request: bytes, as_of: int | None, also_slots: tuple[int, ...] = ()) -> bytes | None:
+        frame = pb.ReadFrame(slot=max(slot, 0), has_as_of=as_of is not None, as_of=as_of or 0, any_slot=slot < 0,
+                             also_slots=also_slots)
         meta = frame.SerializeToString()
         for node in list(reversed(self.chain)):
             try:

@@ -79,6 +79,7 @@ class Read:
     slot: int
     as_of: int | None                       # the cached entry's applied seq, if any
     key: Any = None                         # opaque to the core, handed to ReadValue
+    also_slots: tuple[int, ...] = ()        # further slots the answer depends on (the bucket's)
 
 
 # ------------------------------------------------------------ effects

@@ -144,6 +144,13 @@ class ChainReplica:
             return max(self.durable_seq, self.witness_floor)
         return max(self.witness.get(slot, 0), self.witness_floor)
 
+    def _read_fence(self, read: Read) -> int:
+        """The witness a read must reach: the highest over every slot its answer depends on."""
+        fence = self.witness_of(read.slot)
+        for slot in read.also_slots:
+            fence = max(fence, self.witness_of(slot))
+        return fence
+
     def caught_up(self) -> bool:
         return self.serving and self.synced_with_predecessor and not self.electing
 
@@ -485,7 +492,7 @@ class ChainReplica:
     def on_read(self, read: Read, now_us: int) -> list:
         if not self.serving or self.electing:
             return [ReadReply(read.client, read.read_id, "TRY_OTHER", None, self.config)]
-        fence = self.witness_of(read.slot)
+        fence = self._read_fence(read)
         if read.as_of is not None and read.as_of >= fence:
             return [ReadReply(read.client, read.read_id, "CURRENT", read.as_of, self.config)]
         if self.applied >= fence:
@@ -496,7 +503,7 @@ class ChainReplica:
     def _wake_reads(self, now_us: int) -> list:
         effects, still = [], []
         for deadline, read in self.parked_reads:
-            if self.applied >= self.witness_of(read.slot):
+            if self.applied >= self._read_fence(read):
                 effects.append(ReadValue(read.client, read.read_id, read.key, self.config))
             elif now_us > deadline:
                 effects.append(ReadReply(read.client, read.read_id, "TRY_OTHER", None, self.config))

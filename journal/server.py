@@ -710,7 +710,8 @@ class JournalNode:
         self._next_ticket += 1
         self._reads[ticket_id] = (connection, frame.id)
         slot = FENCE_SLOT if request.any_slot else request.slot
-        read = Read(ticket_id, ticket_id, slot, request.as_of if request.has_as_of else None, bytes(frame.payload))
+        read = Read(ticket_id, ticket_id, slot, request.as_of if request.has_as_of else None, bytes(frame.payload),
+                    tuple(request.also_slots))
         self._input(lambda now: self.core.on_read(read, now))
 
     def _answer_read(self, ticket_id: int, status, payload: bytes) -> None:
