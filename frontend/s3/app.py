@@ -22,7 +22,7 @@ import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote, unquote_to_bytes
 
-from common.errors import NoSuchBucket, StoreError
+from common.errors import StoreError
 from common.ids import new_http_request_id
 from frontend.s3 import errors, router
 from frontend.s3.auth import Authenticator
@@ -98,19 +98,33 @@ class S3App:
         )
         try:
             return await handler(self.services, request)
-        except NoSuchBucket:
-            # A bucket authorised from the worker's cache was deleted or re-created
-            # (DESIGN §4 step 8): re-read the authority and run the handler again, which
-            # is safe while nothing of the body was read.
-            for name in request.cached_buckets:
-                self.services.buckets.pop(name, None)
-            if not request.cached_buckets or request.body_state.started:
-                # Handlers that read the store after their body authorise against the
-                # authority (or commit through commit_or_discard), so this is a true
-                # NoSuchBucket; the cache is dropped all the same.
+        except (errors.S3Error, StoreError) as error:
+            if not request.cached_buckets or getattr(error, "status", 400) < 400:
                 raise
-            request.cached_buckets.clear()
+            if not await self._cached_buckets_were_stale(request):
+                raise
+            # A bucket authorised from the worker's cache was deleted or re-created
+            # (DESIGN §4 step 8), so this answer may rest on it (a refusal, or which
+            # check failed first): run the handler again on the authority's records —
+            # safe while nothing of the body was read. Handlers that read the store
+            # after their body authorise against the authority or commit through
+            # commit_or_discard, which re-reads it itself.
+            if request.body_state.started:
+                raise
             return await handler(self.services, request)
+
+    async def _cached_buckets_were_stale(self, request: Request) -> bool:
+        """Check every cached bucket record the request used against the authority;
+        drop the stale ones. Only error answers pay for this read."""
+        stale = False
+        for name in sorted(request.cached_buckets):
+            cached = self.services.buckets.get(name)
+            current = await self.services.meta.get_bucket(name)
+            if current is None or cached is None or current.incarnation != cached.incarnation:
+                self.services.buckets.pop(name, None)
+                stale = True
+        request.cached_buckets.clear()
+        return stale
 
     async def _send(self, send, response: Response, request_id: str, method: str, body_state: BodyState) -> None:
         headers = [(b"x-amz-request-id", request_id.encode()), (b"server", b"Cairn")]

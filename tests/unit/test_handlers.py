@@ -174,3 +174,20 @@ def test_complete_after_the_bucket_was_recreated_is_no_such_upload(world):
                 b"</CompleteMultipartUpload>")
     status, _, got = loop.run_until_complete(call(app, "POST", f"/bucket/k?uploadId={upload_id}", document))
     assert status == 404 and b"<Code>NoSuchUpload</Code>" in got
+
+
+def test_copy_into_a_deleted_bucket_is_no_such_bucket_not_no_such_key(world):
+    """With the destination bucket deleted since the worker cached it, a copy from a
+    missing source answers as if the worker had read the authority: NoSuchBucket
+    (found by the conformance state machine: it answered NoSuchKey)."""
+    app, meta, blobs, loop = world
+    loop.run_until_complete(call(app, "PUT", "/source"))
+    loop.run_until_complete(call(app, "GET", "/bucket/warm"))            # cache "bucket"
+
+    async def delete_bucket():
+        record = await meta.get_bucket("bucket")
+        from common.seams import DeleteBucket
+        await meta.commit(DeleteBucket("bucket", record.incarnation), None, os.urandom(8), 2**62)
+    loop.run_until_complete(delete_bucket())
+    status, _, got = loop.run_until_complete(call(app, "PUT", "/bucket/copy", headers={"x-amz-copy-source": "/source/missing"}))
+    assert status == 404 and b"<Code>NoSuchBucket</Code>" in got
