@@ -1,10 +1,9 @@
-"""`cairn dev`: the local server.
+"""`cairn dev --memory`: the single-process server over the in-memory reference stores.
 
-Today it runs the S3 frontend in one process over the in-memory reference stores
-of spec/ (DESIGN §10: only tests and deploy/ import spec/ until the metadata
-cluster lands). Objects live in memory and are lost when the server stops; the
-README says so. The metadata-cluster and data-path issues replace the stores
-behind this same command.
+The S3 frontend in one process over spec/'s in-memory MetadataStore and BlobStore
+(DESIGN §10: only tests and deploy/ import spec/). Nothing survives a stop. It
+isolates the S3 layer for tests and benchmarks (bench/s3_bench.py's default); the
+default `cairn dev` runs the metadata cluster (deploy/cluster_dev.py).
 """
 
 from __future__ import annotations
