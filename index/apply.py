@@ -125,9 +125,7 @@ def apply_entry(view: Overlay, entry: JournalEntry) -> Applied:
 def _record(view: Overlay, request_id: bytes, time_us: int, outcome: Outcome | None, refusal: str) -> None:
     record = pb.DedupRecord(refusal=refusal, time_us=time_us)
     if outcome is not None:
-        record.outcome.CopyFrom(pb.Outcome(
-            seq=outcome.seq, time_us=outcome.time_us, version_id=outcome.version_id or "",
-            upload_id=outcome.upload_id or "", bucket_incarnation=outcome.bucket_incarnation or ""))
+        record.outcome.CopyFrom(codec.outcome_message(outcome))
     view.put(keys.dedup_key(request_id), codec.dump(record))
     view.put(keys.dedup_expiry_key(time_us, request_id), b"")
 

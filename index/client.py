@@ -13,6 +13,10 @@ outcome is known; a transport that cannot learn it before `not_after` plus
 MAX_CLOCK_SKEW makes the commit raise OutcomeUnknown (HTTP 503) — ambiguous, and
 the client's own retry finds the original outcome in the dedup table.
 
+Not yet true of this store (common/seams.py rule 5): displaced bytes are queued
+in the index's reap queue (G) by apply, but no reaper deletes them yet (issue 7),
+so overwritten and deleted objects' blobs stay on disk.
+
 Cache (DESIGN §4, index/cache.py): object reads carry the as-of of the cached
 answer; the node answers CURRENT when no newer write touched the key's witness
 slot, and the cached answer is served. Bucket reads and listings are never cached.

@@ -152,6 +152,13 @@ def decode_command(raw: bytes) -> tuple[seams.Mutation, seams.Condition, bytes, 
     return from_message(command.mutation), from_message(command.condition), command.request_id, command.not_after_us
 
 
+def outcome_message(outcome: seams.Outcome) -> Any:
+    """An Outcome as stored (dedup table) and answered (AppliedEntry); ids absent as ""."""
+    return index_pb2.Outcome(
+        seq=outcome.seq, time_us=outcome.time_us, version_id=outcome.version_id or "",
+        upload_id=outcome.upload_id or "", bucket_incarnation=outcome.bucket_incarnation or "")
+
+
 def from_message_outcome(message: Any) -> seams.Outcome:
     return seams.Outcome(
         seq=message.seq, time_us=message.time_us, version_id=message.version_id or None,

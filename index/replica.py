@@ -69,10 +69,7 @@ class IndexReplica:
 def encode_applied(applied: apply.Applied) -> bytes:
     message = index_pb2.AppliedEntry(seq=applied.seq, time_us=applied.time_us, status=applied.status)
     if applied.outcome is not None:
-        outcome = applied.outcome
-        message.outcome.CopyFrom(index_pb2.Outcome(
-            seq=outcome.seq, time_us=outcome.time_us, version_id=outcome.version_id or "",
-            upload_id=outcome.upload_id or "", bucket_incarnation=outcome.bucket_incarnation or ""))
+        message.outcome.CopyFrom(codec.outcome_message(applied.outcome))
     return codec.dump(message)
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any, Awaitable, Callable
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from common.errors import StoreError
 from common.ids import new_http_request_id
 from frontend.s3 import errors, router
-from frontend.s3.auth import Authenticator
+from frontend.s3.auth import Authenticator, parse_query
 from frontend.s3.handlers import HANDLERS
 from frontend.s3.request import BodyState, Headers, Request, Response, Services
 from frontend.s3.xml import http_time
@@ -79,10 +79,11 @@ class S3App:
             path = unquote_to_bytes(raw_path).decode("utf-8")
         except UnicodeDecodeError:
             raise errors.InvalidURI() from None
-        query = _parse_query(raw_query)
+        query_pairs = parse_query(raw_query) if raw_query else []
+        query = _query_dict(query_pairs)
         header_pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
         headers = Headers(header_pairs)
-        auth = self.authenticator.authenticate(method, raw_path, raw_query, header_pairs)
+        auth = self.authenticator.authenticate(method, raw_path, raw_query, header_pairs, query_pairs)
         endpoint = router.route(
             method, path, query, headers.get("host", ""),
             copy_source="x-amz-copy-source" in headers, domains=self.domains,
@@ -170,18 +171,15 @@ def _error_response(error: errors.S3Error, resource: str, request_id: str, metho
                     content_length=None if method != "HEAD" else 0)
 
 
-def _parse_query(raw_query: str) -> dict[str, str]:
+def _query_dict(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """The query as handlers see it (first value of a name wins), from the pairs the
+    authenticator signs over — parsed once per request. Bytes that are not UTF-8
+    came back as surrogates (surrogateescape) and are refused."""
     query: dict[str, str] = {}
-    if not raw_query:
-        return query
-    for part in raw_query.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
+    for name, value in pairs:
         try:
-            name = unquote(name.replace("+", " "), errors="strict")
-            value = unquote(value.replace("+", " "), errors="strict")
-        except UnicodeDecodeError:
+            (name + value).encode("utf-8")
+        except UnicodeEncodeError:
             raise errors.InvalidArgument("The query string is not valid UTF-8.") from None
         query.setdefault(name, value)
     return query

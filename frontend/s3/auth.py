@@ -200,14 +200,17 @@ class Authenticator:
         return key
 
     def authenticate(self, method: str, raw_path: str, raw_query: str,
-                     headers: Sequence[tuple[str, str]]) -> AuthResult:
+                     headers: Sequence[tuple[str, str]],
+                     query_pairs: list[tuple[str, str]] | None = None) -> AuthResult:
+        """`query_pairs`, when the caller has them, are `parse_query(raw_query)`."""
         joined: dict[str, str] = {}
         for name, value in headers:
             if name in joined:
                 joined[name] = joined[name] + "," + value.strip()
             else:
                 joined[name] = value.strip() if name != "authorization" else value
-        query_pairs = parse_query(raw_query) if raw_query else []
+        if query_pairs is None:
+            query_pairs = parse_query(raw_query) if raw_query else []
         # Step 1: the mechanism.
         authorization = joined.get("authorization")
         presign = any(name == "X-Amz-Algorithm" for name, _ in query_pairs)
