@@ -86,3 +86,14 @@ class BlobNotFound(StoreError):
 
 class BlobCorrupt(StoreError):
     """Bytes failed their checksum and no redundancy could repair them."""
+
+
+class ServiceUnavailable(StoreError):
+    """Too few disks answered to write or read a blob now (HTTP 503: retry later).
+
+    Carries how many shards were needed and how many were written or readable.
+    """
+
+    def __init__(self, message: str, *, need: int = 0, got: int = 0) -> None:
+        super().__init__(message)
+        self.need, self.got = need, got

@@ -67,6 +67,13 @@ class Limits:
     SHARD_COMPACT_LIVE_FRACTION: float = 0.5
     SHARD_SCRUB_BYTES_PER_S: int = 32 * MiB
     SHARD_HEAT_HALF_LIFE_MS: int = 5000
+    # The cluster BlobStore over shardstores (frontend/dataplane/shard_blobs.py).
+    HOT_FACTOR: float = 2.0                     # a disk above this × the median bytes/s is hot (DESIGN §8)
+    DISK_STAT_INTERVAL_MS: int = 1000           # the disk monitor's Stat round
+    SHARD_CALL_TIMEOUT_MS: int = 10_000         # deadline of one shard call (put, get, delete, stat)
+    BLOB_READ_PREFETCH_STRIPES: int = 2         # stripes a GET fetches ahead of the one it yields
+    SMALL_PUT_BATCH_MAX: int = 64               # small shards per put_many call to one disk
+    SMALL_PUT_BATCH_MAX_BYTES: int = 8 * MiB    # ... and their bytes
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,6 +98,12 @@ class Limits:
             problems.append("need CHUNK <= SHARD_MAX and SHARD_WRITE_STEP a multiple of CHECKSUM_BLOCK")
         if not (0 < self.DISK_RESERVE_FRACTION < 1 and 0 < self.SHARD_COMPACT_LIVE_FRACTION < 1):
             problems.append("DISK_RESERVE_FRACTION and SHARD_COMPACT_LIVE_FRACTION must be in (0, 1)")
+        if not (self.HOT_FACTOR >= 1 and self.DISK_STAT_INTERVAL_MS > 0 and self.SHARD_CALL_TIMEOUT_MS > 0
+                and self.BLOB_READ_PREFETCH_STRIPES >= 1 and self.SMALL_PUT_BATCH_MAX >= 1
+                and self.SMALL_PUT_BATCH_MAX_BYTES >= self.SMALL_OBJECT_MAX):
+            problems.append("need HOT_FACTOR >= 1, positive DISK_STAT_INTERVAL_MS, SHARD_CALL_TIMEOUT_MS, "
+                            "BLOB_READ_PREFETCH_STRIPES, SMALL_PUT_BATCH_MAX, and "
+                            "SMALL_PUT_BATCH_MAX_BYTES >= SMALL_OBJECT_MAX")
         if problems:
             raise ValueError("invalid limits: " + "; ".join(problems))
 
