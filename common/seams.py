@@ -267,10 +267,32 @@ class AbortUpload:
     upload_id: str
 
 
+@dataclass(frozen=True)
+class Reaped:
+    """Maintenance (DESIGN §14), committed by the reaper, never by a handler: the
+    reap queue up to `up_to_seq` has been deleted from the shardstores."""
+
+    up_to_seq: int
+
+
+@dataclass(frozen=True)
+class ReplacePlacement:
+    """Maintenance (DESIGN §14), committed by repair: a compare-and-set of a data
+    id's placement, applied only while it is still exactly `expected`; refused as
+    WriteExpired when repair began writing (`began_us`) more than MAX_WRITE_AGE ago."""
+
+    data_id: bytes
+    expected: bytes
+    placement: bytes
+    began_us: int
+
+
 Mutation = Union[
     CreateBucket, DeleteBucket, PutObject, DeleteObject,
     CreateUpload, PutPart, CompleteUpload, AbortUpload,
+    Reaped, ReplacePlacement,
 ]
+MAINTENANCE = (Reaped, ReplacePlacement)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,22 @@ Per entry, in order (the table of DESIGN §3):
 7. the mutation; ids from (partition, seq), Last-Modified from entry.time; data
    ids it displaces go to G at this seq; D records the outcome.
 A recorded refusal queues the data ids its entry introduced in G too, unless `L`
-holds them (they are referenced). `L` maps every referenced data id to its
-BlobRef (placement), so a data id referenced twice is caught deterministically
-and refused as InvariantViolation (never a crash of every replica at once).
+holds them. `L` maps every data id the index knows to its BlobRef (placement) —
+referenced, or displaced and queued in G until the reaper's `Reaped` entry drops it —
+so a data id referenced twice is caught deterministically and refused as
+InvariantViolation (never a crash of every replica at once), and the orphan sweep
+can ask L whether a shard is still wanted (DESIGN §14). `R` maps (disk, data id)
+to nothing for every disk a placement names, and ("DEGRADED", data id) for a
+placement below full redundancy, so repair finds what a lost disk held.
+An introduced data id older than entry.time − MAX_WRITE_AGE (its time prefix,
+common/ids.py) is refused as WriteExpired (retryable, unrecorded): from then on it
+can never become referenced, which is what lets the sweep delete old orphans.
+
+Maintenance entries (no bucket, no witness slot): `Reaped(up_to_seq)` raises the
+reaped seq as a max and drops the G entries up to it with the L and R entries of the
+displaced data ids they queued; `ReplacePlacement` is repair's compare-and-set on a
+referenced data id's placement (PreconditionFailed unless it is still exactly
+`expected`; WriteExpired when repair began writing more than MAX_WRITE_AGE ago).
 
 Apply works on the protobuf messages of index/index.proto directly — the command
 as decoded, records as stored — never converting to the seams' dataclasses: that
@@ -34,15 +47,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import blob_placement
 from common.errors import invariant
-from common.ids import decode_seq_id, encode_seq_id
+from common.ids import data_id_time_ms, decode_seq_id, encode_seq_id
 from common.seams import Outcome
 from index import codec, index_pb2, keys
 from index.state import Overlay
 
 pb = index_pb2
 
-APPLY_VERSION = 1
+APPLY_VERSION = 2   # 2: L holds PlacementRecord (displaced data ids stay until reaped), R is kept
 DEDUP_EXPIRE_PER_ENTRY = 4
 INLINE_MAX_APPLY = 4096
 RECORDED_REFUSALS = frozenset({
@@ -110,7 +124,11 @@ def apply_entry(view: Overlay, entry: JournalEntry) -> Applied:
         return Applied(entry.seq, entry.time_us, record.refusal or "OK", outcome, request_id)
     if entry.time_us > command.not_after_us:
         return Applied(entry.seq, entry.time_us, "Expired", None, request_id)
-    context = _Context(view, entry, state.partition)
+    horizon_us = entry.time_us - state.max_write_age_us
+    if any(data_id_time_ms(ref.data_id) * 1000 < horizon_us for ref in _introduced(kind, mutation)) \
+            or (kind == "replace_placement" and mutation.began_us < horizon_us):
+        return Applied(entry.seq, entry.time_us, "WriteExpired", None, request_id)
+    context = _Context(view, entry, state)
     try:
         outcome = context.apply(kind, mutation, condition)
     except Refusal as refusal:
@@ -153,7 +171,7 @@ def _introduced(kind: str, mutation) -> tuple:
 
 
 def _reap_unreferenced(view: Overlay, entry: JournalEntry, refs: tuple) -> None:
-    loose = tuple(ref for ref in refs if view.get(keys.PLACEMENT + ref.data_id) is None)
+    loose = tuple(ref for ref in refs if view.get(keys.placement_key(ref.data_id)) is None)
     if loose:
         _queue_reap(view, entry, loose)
 
@@ -174,6 +192,16 @@ def _load_bucket(raw: bytes):
     return codec.load(raw, pb.BucketRecord)
 
 
+def _reverse_keys(blob) -> list[bytes]:
+    """R entries for a blob's placement: one per disk it names, and DEGRADED when it
+    is below full redundancy (common/blob_placement.py reads the placement)."""
+    disks, degraded = blob_placement.index_facts(blob.placement)
+    found = [keys.reverse_key(disk, blob.data_id) for disk in sorted(set(disks))]
+    if degraded:
+        found.append(keys.reverse_key(keys.DEGRADED_DISK, blob.data_id))
+    return found
+
+
 def body_blobs(body) -> tuple:
     """The BlobRef messages an object's Body references."""
     which = body.WhichOneof("kind")
@@ -191,16 +219,21 @@ def _outcome(seq: int, time_us: int, **ids: str) -> Outcome:
 class _Context:
     """One entry's application; raises Refusal before writing anything."""
 
-    def __init__(self, view: Overlay, entry: JournalEntry, partition: int) -> None:
+    def __init__(self, view: Overlay, entry: JournalEntry, state) -> None:
         self.view = view
         self.entry = entry
-        self.partition = partition
+        self.state = state
+        self.partition = state.partition
         self.now_us = entry.time_us
         self.seq = entry.seq
 
     def apply(self, kind: str, mutation, condition) -> Outcome:
         if kind == "create_bucket":
             return self.create_bucket(mutation)
+        if kind in ("reaped", "replace_placement"):
+            if condition.WhichOneof("kind") is not None:
+                raise Refusal("InvariantViolation")
+            return getattr(self, kind)(mutation)
         bucket = self.bucket(mutation.bucket, mutation.bucket_incarnation)
         conditional = condition.WhichOneof("kind") is not None
         if conditional and kind not in ("put_object", "delete_object", "complete_upload"):
@@ -231,7 +264,7 @@ class _Context:
     def check_new(self, refs) -> None:
         seen = set()
         for ref in refs:
-            if ref.data_id in seen or self.view.get(keys.PLACEMENT + ref.data_id) is not None:
+            if ref.data_id in seen or self.view.get(keys.placement_key(ref.data_id)) is not None:
                 raise Refusal("InvariantViolation")
             seen.add(ref.data_id)
 
@@ -268,12 +301,21 @@ class _Context:
 
     def reference(self, refs) -> None:
         for ref in refs:
-            self.view.put(keys.PLACEMENT + ref.data_id, codec.dump(ref))
+            self.view.put(keys.placement_key(ref.data_id), codec.dump(pb.PlacementRecord(blob=ref)))
+            for key in _reverse_keys(ref):
+                self.view.put(key, b"")
 
     def displace(self, refs) -> None:
+        """The data ids leave their record: queued in G at this seq, their L entry
+        marked displaced (kept, with R, until the reaper's Reaped entry)."""
         refs = tuple(refs)
         for ref in refs:
-            self.view.delete(keys.PLACEMENT + ref.data_id)
+            key = keys.placement_key(ref.data_id)
+            raw = self.view.get(key)
+            invariant(raw is not None, "a displaced data id has a placement")
+            record = codec.load(raw, pb.PlacementRecord)
+            record.displaced_seq = self.seq
+            self.view.put(key, codec.dump(record))
         _queue_reap(self.view, self.entry, refs)
 
     def install(self, bucket: str, key: str, draft, previous) -> str:
@@ -386,8 +428,8 @@ class _Context:
             raise Refusal("InvariantViolation")
         self.remove_upload(bucket.name, mutation.key, upload_seq, stored)
         self.displace(part.blob for number, part in sorted(stored.items()) if number not in listed)
-        for number in listed:   # the listed parts pass to the new version
-            self.view.delete(keys.PLACEMENT + stored[number].blob.data_id)
+        for number in listed:   # the listed parts pass to the new version, which references them anew
+            self.unreference(stored[number].blob.data_id)
         version_id = self.install(bucket.name, mutation.key, draft, current)
         return _outcome(self.seq, self.now_us, version_id=version_id)
 
@@ -396,6 +438,49 @@ class _Context:
         stored = self.parts(bucket.name, mutation.key, upload_seq)
         self.remove_upload(bucket.name, mutation.key, upload_seq, stored)
         self.displace(part.blob for _, part in sorted(stored.items()))
+        return _outcome(self.seq, self.now_us)
+
+    def unreference(self, data_id: bytes) -> None:
+        key = keys.placement_key(data_id)
+        raw = self.view.get(key)
+        if raw is not None:
+            for reverse in _reverse_keys(codec.load(raw, pb.PlacementRecord).blob):
+                self.view.delete(reverse)
+            self.view.delete(key)
+
+    def reaped(self, mutation) -> Outcome:
+        """Drop the reap queue up to `up_to_seq` (never past this entry) and the L and
+        R entries of the displaced data ids it queued; the reaped seq only rises."""
+        up_to = min(mutation.up_to_seq, self.seq - 1)
+        if up_to > self.state.reaped_seq:
+            start, end = keys.reap_key(self.state.reaped_seq + 1), keys.reap_key(up_to + 1)
+            done = []
+            for key, raw in self.view.scan(start, end):
+                done.append(key)
+                for blob in codec.load(raw, pb.ReapRecord).blobs:
+                    placed = self.view.get(keys.placement_key(blob.data_id))
+                    if placed is not None and codec.load(placed, pb.PlacementRecord).displaced_seq:
+                        self.unreference(blob.data_id)
+            for key in done:
+                self.view.delete(key)
+            self.state.reaped_seq = up_to
+            self.view.put(_APPLY_STATE, codec.dump(self.state))
+        return _outcome(self.seq, self.now_us)
+
+    def replace_placement(self, mutation) -> Outcome:
+        key = keys.placement_key(mutation.data_id)
+        raw = self.view.get(key)
+        if raw is None:
+            raise Refusal("PreconditionFailed")
+        record = codec.load(raw, pb.PlacementRecord)
+        if record.displaced_seq or record.blob.placement != mutation.expected:
+            raise Refusal("PreconditionFailed")
+        for reverse in _reverse_keys(record.blob):
+            self.view.delete(reverse)
+        record.blob.placement = mutation.placement
+        self.view.put(key, codec.dump(record))
+        for reverse in _reverse_keys(record.blob):
+            self.view.put(reverse, b"")
         return _outcome(self.seq, self.now_us)
 
     def remove_upload(self, bucket: str, key: str, upload_seq: int, stored: dict) -> None:

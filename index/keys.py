@@ -96,6 +96,21 @@ def part_key(bucket: str, key: str, upload_seq: int, part_number: int) -> bytes:
     return part_prefix(bucket, key, upload_seq) + _U16.pack(part_number)
 
 
+DEGRADED_DISK = "DEGRADED"   # R's pseudo-disk of placements below full redundancy
+
+
+def placement_key(data_id: bytes) -> bytes:
+    return PLACEMENT + data_id
+
+
+def reverse_prefix(disk: str) -> bytes:
+    return REVERSE + encode_string(disk)
+
+
+def reverse_key(disk: str, data_id: bytes) -> bytes:
+    return reverse_prefix(disk) + data_id
+
+
 def reap_key(seq: int) -> bytes:
     return REAP + u64(seq)
 

@@ -9,12 +9,14 @@ common prefix instead of reading the keys under it.
 
 from __future__ import annotations
 
+import dataclasses
+
 from common.errors import NoSuchBucket, NoSuchUpload
 from common.ids import decode_seq_id
 from common.seams import (
-    BucketRecord, ObjectRecord, ObjectSummary, PartRecord, PartsPage, UploadRecord, UploadsPage,
+    BlobRef, BucketRecord, Multipart, ObjectRecord, ObjectSummary, PartRecord, PartsPage, UploadRecord, UploadsPage,
 )
-from index import codec, keys
+from index import codec, index_pb2, keys
 from index.state import ReadView
 
 
@@ -42,7 +44,53 @@ def checked_bucket(view: ReadView, name: str, incarnation: str) -> BucketRecord:
 def get_object(view: ReadView, bucket: str, incarnation: str, key: str) -> tuple[ObjectRecord | None, BucketRecord]:
     record = checked_bucket(view, bucket, incarnation)
     raw = view.get(keys.current_key(bucket, key))
-    return (codec.load_record(raw, ObjectRecord) if raw is not None else None), record
+    return (_with_placements(view, codec.load_record(raw, ObjectRecord)) if raw is not None else None), record
+
+
+def _current_placement(view: ReadView, ref: BlobRef) -> BlobRef:
+    """The blob with the placement L holds now: repair rewrites L, never the version."""
+    raw = view.get(keys.placement_key(ref.data_id))
+    if raw is None:
+        return ref
+    placement = codec.load(raw, index_pb2.PlacementRecord).blob.placement
+    return ref if placement == ref.placement else dataclasses.replace(ref, placement=placement)
+
+
+def _with_placements(view: ReadView, record: ObjectRecord) -> ObjectRecord:
+    """DESIGN §4 step 7: each data id's L joined into the record."""
+    body = record.body
+    if isinstance(body, BlobRef):
+        joined = _current_placement(view, body)
+        return record if joined is body else dataclasses.replace(record, body=joined)
+    if isinstance(body, Multipart):
+        parts = tuple(dataclasses.replace(part, blob=_current_placement(view, part.blob)) for part in body.parts)
+        if any(new.blob is not old.blob for new, old in zip(parts, body.parts)):
+            return dataclasses.replace(record, body=dataclasses.replace(body, parts=parts))
+    return record
+
+
+def reap_queue(view: ReadView, after_seq: int, limit: int):
+    """(seq, ReapRecord) of the reap queue after `after_seq`, at most `limit`."""
+    found = []
+    for raw_key, raw in view.scan(keys.reap_key(after_seq + 1), keys.prefix_successor(keys.REAP)):
+        found.append((keys.read_u64(raw_key, 1), codec.load(raw, index_pb2.ReapRecord)))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def placements_on(view: ReadView, disk: str, start_after: bytes, limit: int):
+    """The PlacementRecords of data ids R lists under `disk`, after `start_after`."""
+    prefix = keys.reverse_prefix(disk)
+    start = prefix + start_after + b"\x00" if start_after else prefix
+    found = []
+    for raw_key, _ in view.scan(start, keys.prefix_successor(prefix)):
+        raw = view.get(keys.placement_key(raw_key[len(prefix):]))
+        if raw is not None:
+            found.append(codec.load(raw, index_pb2.PlacementRecord))
+        if len(found) >= limit:
+            break
+    return found
 
 
 def summary_of(record: ObjectRecord) -> ObjectSummary:

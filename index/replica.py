@@ -18,7 +18,7 @@ from common.limits import DEFAULT_LIMITS, Limits
 from common.seams import (
     BucketRecord, ListPage, ObjectRecord, Outcome, PartsPage, ReadResult, UploadsPage,
 )
-from index import apply, codec, index_pb2, reader
+from index import apply, codec, index_pb2, keys, reader
 from index.rocks import RocksView
 from index.state import Overlay
 
@@ -28,6 +28,11 @@ class IndexReplica:
         self.view = RocksView(path)
         self.partition = partition
         state = apply.apply_state(self.view)
+        if state.apply_version not in (0, apply.APPLY_VERSION):
+            self.view.close()
+            raise RuntimeError(
+                f"{path} holds an index written by apply version {state.apply_version}; this build applies "
+                f"version {apply.APPLY_VERSION} and cannot read it. Start with a fresh data directory.")
         if state.apply_version == 0:
             overlay = Overlay(self.view)
             apply.initial_state(overlay, partition=partition, dedup_window_us=limits.DEDUP_WINDOW_MS * 1000,
@@ -117,6 +122,18 @@ def read(view, request, applied_seq: int):
             answer.truncated = page.truncated
             answer.next_marker = page.next_key_marker or ""
             answer.next_upload_id_marker = page.next_upload_id_marker or ""
+        elif kind == "reap_queue":
+            for seq, record in reader.reap_queue(view, query.after_seq, query.limit or 1000):
+                answer.reap.add(seq=seq, time_us=record.time_us, blobs=record.blobs)
+            answer.reaped_seq = apply.apply_state(view).reaped_seq
+        elif kind == "placements":
+            answer.placements.extend(reader.placements_on(view, query.disk, query.start_after, query.limit or 1000))
+        elif kind == "lookup_placements":
+            for data_id in query.data_ids:
+                raw = view.get(keys.placement_key(data_id))
+                if raw is not None:
+                    answer.placements.add().CopyFrom(codec.load(raw, index_pb2.PlacementRecord))
+            answer.applied_time_us = apply.apply_state(view).time_us
         elif kind == "list_parts":
             page = reader.list_parts(view, query.bucket, query.bucket_incarnation, query.key, query.upload_id,
                                      part_number_marker=query.part_number_marker, max_parts=query.max_parts)

@@ -20,7 +20,12 @@ def slot_of(bucket: str, key: str, slots: int) -> int:
 
 
 def slots_of(mutation: seams.Mutation, slots: int) -> tuple[int, ...]:
-    """The slots a mutation's entry raises: its key's, and its bucket's for bucket operations."""
+    """The slots a mutation's entry raises: its key's, and its bucket's for bucket
+    operations; none for maintenance (Reaped, ReplacePlacement), which changes no
+    answer a cache holds that a reader must see at once (a GET that finds a moved
+    shard re-reads, DESIGN §4 step 5)."""
+    if isinstance(mutation, seams.MAINTENANCE):
+        return ()
     if isinstance(mutation, (seams.CreateBucket, seams.DeleteBucket)):
         return (slot_of(mutation.bucket, "", slots),)
     return (slot_of(mutation.bucket, mutation.key, slots),)

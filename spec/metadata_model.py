@@ -13,7 +13,9 @@ its write are one atomic step on the event loop:
    bytes) is reaped: the original's bytes are the ones kept.
 2. stamp: the entry time is `max(clock_us(), previous entry time + 1)`; the dedup
    table is expired in entry-time order, at most `_DEDUP_EXPIRE_PER_COMMIT` rows.
-3. deadline: entry time > not_after_us -> Expired.
+3. deadline: entry time > not_after_us -> Expired; a data id the entry
+   introduces (PutObject's blob, PutPart's) whose time prefix is older than
+   entry time - MAX_WRITE_AGE -> WriteExpired (neither is recorded).
 4. bucket: absent, or another incarnation -> NoSuchBucket (not for CreateBucket).
 5. condition (PutObject, DeleteObject, CompleteUpload only): IfNoneMatchStar
    needs no current version, IfMatch(etag) a current version with that ETag
@@ -58,13 +60,15 @@ from common.errors import (
     BucketNotEmpty,
     Expired,
     InvalidPart,
+    InvariantViolation,
     NoSuchBucket,
     NoSuchUpload,
     PreconditionFailed,
     StoreError,
+    WriteExpired,
     invariant,
 )
-from common.ids import decode_seq_id, encode_seq_id
+from common.ids import data_id_time_ms, decode_seq_id, encode_seq_id
 from common.limits import DEFAULT_LIMITS, Limits
 from common.seams import (
     AbortUpload,
@@ -79,6 +83,7 @@ from common.seams import (
     DeleteBucket,
     DeleteObject,
     IfMatch,
+    MAINTENANCE,
     IfNoneMatchStar,
     Inline,
     ListPage,
@@ -202,6 +207,7 @@ class InMemoryMetadataStore:
         self._clock_us = clock_us
         self._reap_delay_s = limits.REAP_DELAY_MS / 1000 if reap_delay_s is None else reap_delay_s
         self._dedup_window_us = limits.DEDUP_WINDOW_MS * 1000
+        self._max_write_age_us = limits.MAX_WRITE_AGE_MS * 1000
         self._seq = 0
         self._time_us = 0
         self._buckets: dict[str, _Bucket] = {}
@@ -236,6 +242,9 @@ class InMemoryMetadataStore:
         self._expire_dedup(now_us)
         if now_us > not_after_us:  # step 3
             raise Expired(f"entry time {now_us} is after not_after {not_after_us}")
+        if any(data_id_time_ms(ref.data_id) * 1000 < now_us - self._max_write_age_us
+               for ref in _introduced(mutation)):
+            raise WriteExpired("the object's bytes were written too long ago; send the request again")
         try:
             outcome = self._apply(mutation, condition, now_us)
         except _RECORDED as refusal:
@@ -260,6 +269,8 @@ class InMemoryMetadataStore:
                 del self._dedup[request_id]
 
     def _apply(self, mutation: Mutation, condition: Condition, now_us: int) -> Outcome:
+        if isinstance(mutation, MAINTENANCE):
+            raise InvariantViolation("maintenance entries (Reaped, ReplacePlacement) need the cluster index")
         if isinstance(mutation, CreateBucket):
             invariant(condition is None, "a condition on CreateBucket")
             return self._create_bucket(mutation, now_us)
@@ -491,12 +502,7 @@ class InMemoryMetadataStore:
     def _reap_introduced(self, mutation: Mutation) -> None:
         """Data ids a recorded refusal or a duplicate introduced, unreferenced, are
         reaped too (DESIGN §3); a live one never is."""
-        introduced: tuple[BlobRef, ...] = ()
-        if isinstance(mutation, PutObject) and isinstance(mutation.draft.body, BlobRef):
-            introduced = (mutation.draft.body,)
-        elif isinstance(mutation, PutPart):
-            introduced = (mutation.part.blob,)
-        for ref in introduced:
+        for ref in _introduced(mutation):
             if ref.data_id not in self._referenced and ref.data_id not in self._queued:
                 self._queue_reap(ref)
 
@@ -713,3 +719,12 @@ class InMemoryMetadataStore:
             truncated=truncated,
             next_part_number_marker=page[-1] if truncated and page else None,
         )
+
+
+def _introduced(mutation: Mutation) -> tuple[BlobRef, ...]:
+    """The data ids an entry references first (DESIGN §3): Complete and Abort none."""
+    if isinstance(mutation, PutObject) and isinstance(mutation.draft.body, BlobRef):
+        return (mutation.draft.body,)
+    if isinstance(mutation, PutPart):
+        return (mutation.part.blob,)
+    return ()

@@ -97,9 +97,13 @@ class ApplyAgreesWithReference(RuleBasedStateMachine):
         self.run(self.model.close())
         self.loop.close()
 
-    def blob(self, size: int) -> BlobRef:
+    def blob(self, size: int, stale: bool = False) -> BlobRef:
+        """A fresh data id, time-prefixed like common/ids.py's; a stale one is older than
+        MAX_WRITE_AGE, which apply must refuse as WriteExpired."""
         self.counter += 1
-        return BlobRef(data_id=self.counter.to_bytes(16, "big"), size=size, md5_hex=f"{self.counter:032x}")
+        millis = 1_700_000_000_000 - (2 * 24 * 3600 * 1000 if stale else 0)
+        data_id = millis.to_bytes(6, "big") + self.counter.to_bytes(10, "big")
+        return BlobRef(data_id=data_id, size=size, md5_hex=f"{self.counter:032x}")
 
     def both(self, make, condition=None, request_id=None):
         """Commit the same mutation to both stores; compare the statuses."""
@@ -133,13 +137,14 @@ class ApplyAgreesWithReference(RuleBasedStateMachine):
         # later read with it must be NoSuchBucket, never a cached answer.
 
     @rule(bucket=st.sampled_from(BUCKETS), key=st.sampled_from(KEYS), size=st.sampled_from([0, 3, 4096, 5000]),
-          condition=st.sampled_from(["none", "absent", "match", "mismatch"]), retry=st.booleans())
-    def put(self, bucket, key, size, condition, retry):
+          condition=st.sampled_from(["none", "absent", "match", "mismatch"]), retry=st.booleans(),
+          stale=st.sampled_from([False] * 7 + [True]))
+    def put(self, bucket, key, size, condition, retry, stale=False):
         if size <= 4096:
             data = os.urandom(size)
             body, etag = Inline(data), data.hex()[:32] or "e"
         else:
-            body = self.blob(size)
+            body = self.blob(size, stale)
             etag = body.md5_hex
         cond = {"none": None, "absent": IfNoneMatchStar(), "match": IfMatch(self.etags.get((bucket, key), "x")),
                 "mismatch": IfMatch("nope")}[condition]
