@@ -2,7 +2,7 @@
 
     cairn dev          start a local cluster and print its endpoint and credentials
     cairn metanode     run one metadata node (journal, index replica, witness)
-    cairn shardstore   run one shardstore node for one disk
+    cairn shardstore   run one shardstore process: a node per disk (--disk ID=PATH ...)
 
 Every subcommand has --help. Errors say what to do next and exit non-zero.
 """
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one metadata node (see `cairn metanode --help`).",
     )
     commands.add_parser(
-        "shardstore", help="run one shardstore node for one disk", add_help=False,
-        description="Run one shardstore node (see `cairn shardstore --help`).",
+        "shardstore", help="run one shardstore process: a node per disk (--disk ID=PATH ...)", add_help=False,
+        description="Run one shardstore process (see `cairn shardstore --help`).",
     )
     return parser
 

@@ -104,6 +104,14 @@ class BadShardRequest(ShardStoreError):
     status = "INVALID_ARGUMENT"
 
 
+class UnknownDisk(BadShardRequest):
+    """A request named a disk this process does not serve (the message names those it does)."""
+
+
+ERRORS: dict[str, type[ShardStoreError]] = {error.__name__: error for error in (
+    ShardStoreError, ShardNotFound, ShardExists, ShardCorrupt, DiskFull, TooBusy, BadShardRequest, UnknownDisk)}
+
+
 @dataclass
 class _Head:
     extent: int
@@ -560,12 +568,16 @@ class Node:
 
     async def put(self, shard: ShardId, length: int, first: bytes,
                   rest: AsyncIterator[bytes] | None = None,
-                  sender_checksums: list[bytes] | None = None) -> int:
+                  sender_checksums: list[bytes] | None = None, *, checksums_follow: bool = False) -> int:
         """Store a shard; returns, once it is durable and visible, the put time (µs)
         of the copy that serves it.
 
         `first` holds the first bytes; `rest` (if any) the others. Re-putting the same
         bytes is OK; other bytes under a taken id raise ShardExists.
+
+        `sender_checksums` (xxh3-128 per block) are verified before the ack; with
+        `checksums_follow` it is a list the caller extends as `rest` yields pieces
+        (a piece's block checksums no later than the piece), checked step by step.
         """
         self._check_shard(shard)
         limits = self.limits
@@ -574,7 +586,8 @@ class Node:
         if len(first) > limits.SHARD_CHUNK_MAX_BYTES or len(first) > length:
             raise BadShardRequest("chunk too large")
         block_size = limits.CHECKSUM_BLOCK
-        if sender_checksums is not None and len(sender_checksums) != fmt.block_count(length, block_size):
+        if sender_checksums is not None and not checksums_follow and \
+                len(sender_checksums) != fmt.block_count(length, block_size):
             raise BadShardRequest("wrong number of block checksums")
         existing = self.index.get(fmt.index_key(shard))
         if existing is not None and existing.length != length:
@@ -668,6 +681,9 @@ class Node:
                     cut = len(pending) - (len(pending) - (fmt.HEADER_BYTES if position == start else 0)) % header.block_size
                     position = await self._write_step(name, position, pending, cut, start, header.block_size,
                                                       checksums, steps)
+                    if expected_checksums is not None and \
+                            checksums != list(expected_checksums[:len(checksums)]):
+                        raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
                     del pending[:cut]
             if received != header.length:
                 raise BadShardRequest("shard shorter than its length")
