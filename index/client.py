@@ -13,9 +13,10 @@ outcome is known; a transport that cannot learn it before `not_after` plus
 MAX_CLOCK_SKEW makes the commit raise OutcomeUnknown (HTTP 503) — ambiguous, and
 the client's own retry finds the original outcome in the dedup table.
 
-Not yet true of this store (common/seams.py rule 5): displaced bytes are queued
-in the index's reap queue (G) by apply, but no reaper deletes them yet (issue 7),
-so overwritten and deleted objects' blobs stay on disk.
+Maintenance (DESIGN §14): displaced bytes are queued in the index's reap queue
+(G) by apply; the reaper, the orphan sweep and repair read G, L and R through
+`reap_queue`, `lookup_placements` and `placements_on` (not part of the seam),
+fenced like a LIST, and commit `Reaped` and `ReplacePlacement` entries.
 
 Cache (DESIGN §4, index/cache.py): object reads carry the as-of of the cached
 answer; the node answers CURRENT when no newer write touched the key's witness
@@ -31,7 +32,9 @@ from typing import Callable, Protocol
 
 from common.errors import OutcomeUnknown
 from common.limits import DEFAULT_LIMITS, Limits
-from common.seams import BucketRecord, Condition, ListPage, Mutation, Outcome, PartsPage, ReadResult, UploadsPage
+from common.seams import (
+    BlobRef, BucketRecord, Condition, ListPage, Mutation, Outcome, PartsPage, ReadResult, UploadsPage,
+)
 from index import codec, index_pb2, replica
 from index.cache import RecordCache
 from index.local import raise_for, refusal_detail
@@ -149,6 +152,35 @@ class ClusterMetadataStore:
             bucket=bucket, bucket_incarnation=bucket_incarnation, key=key, upload_id=upload_id,
             part_number_marker=part_number_marker, max_parts=max_parts))
         return replica.parts_result(await self._read(self._slot(bucket, key), request))
+
+    # ---------------------------------------------------------------- maintenance reads (DESIGN §14)
+
+    async def reap_queue(self, after_seq: int, limit: int) -> tuple[list[tuple[int, int, tuple[BlobRef, ...]]], int]:
+        """([(seq, entry time µs, displaced blobs)] after `after_seq`, the reaped seq)."""
+        request = index_pb2.ReadRequest(reap_queue=index_pb2.ReapQueueRead(after_seq=after_seq, limit=limit))
+        answer = await self._read(-1, request)
+        replica.raise_answer(answer)
+        entries = [(entry.seq, entry.time_us, tuple(codec.from_message(blob) for blob in entry.blobs))
+                   for entry in answer.reap]
+        return entries, answer.reaped_seq
+
+    async def placements_on(self, disk: str, start_after: bytes, limit: int) -> list[tuple[BlobRef, int]]:
+        """[(blob with its current placement, displaced seq or 0)] of the data ids R
+        lists on `disk` (or index/keys.DEGRADED_DISK), in data id order after `start_after`."""
+        request = index_pb2.ReadRequest(placements=index_pb2.PlacementsRead(
+            disk=disk, start_after=start_after, limit=limit))
+        answer = await self._read(-1, request)
+        replica.raise_answer(answer)
+        return [(codec.from_message(record.blob), record.displaced_seq) for record in answer.placements]
+
+    async def lookup_placements(self, data_ids: list[bytes]) -> tuple[dict[bytes, tuple[BlobRef, int]], int]:
+        """({data id: (blob, displaced seq)} for those L knows, the applied entry's time µs)."""
+        request = index_pb2.ReadRequest(lookup_placements=index_pb2.LookupPlacementsRead(data_ids=data_ids))
+        answer = await self._read(-1, request)
+        replica.raise_answer(answer)
+        found = {record.blob.data_id: (codec.from_message(record.blob), record.displaced_seq)
+                 for record in answer.placements}
+        return found, answer.applied_time_us
 
     async def close(self) -> None:
         await self.transport.close()

@@ -187,6 +187,11 @@ def parts_result(answer) -> PartsPage:
                      answer.truncated, answer.next_part_number_marker or None)
 
 
+def raise_answer(answer) -> None:
+    """Raise the refusal a ReadAnswer carries, if any."""
+    _raise(answer)
+
+
 def _raise(answer) -> None:
     if answer.error:
         from index.local import raise_for

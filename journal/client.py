@@ -2,9 +2,12 @@
 
 Protocol:
 1. `commit(request_id, slots, payload)` queues the entry and waits for its outcome.
-2. Coalescing, no timers: one Submit message is in flight at a time; entries that
-   arrive meanwhile wait and leave together in the next message (at most
-   max_entries_per_message).
+2. Coalescing, no timers: entries that arrive while a Submit message is in flight
+   wait and leave together in the next message (at most max_entries_per_message).
+   A second message may be in flight beside the first (max_in_flight) once at
+   least pipeline_min_entries wait: the chain's round is mostly waiting (fsyncs,
+   hops), so two overlapping rounds carry more when the queue is deep, while a
+   shallow queue keeps the one big batch that costs least per entry.
 3. Answers per entry: DONE resolves the caller with (seq, outcome); RETRY (a broken
    or changing chain) and NOT_HEAD (go to config.chain[0]) requeue the entry with
    the SAME request id; a lost connection or a missed attempt deadline requeues the
@@ -51,7 +54,8 @@ class _Pending:
 class JournalClient:
     def __init__(self, nodes: dict[int, tuple[str, int]], *, commit_deadline_s: float = 20.0,
                  attempt_timeout_s: float = 2.0, max_entries_per_message: int = 1024,
-                 backoff_initial_s: float = 0.01, backoff_max_s: float = 0.3) -> None:
+                 backoff_initial_s: float = 0.01, backoff_max_s: float = 0.3,
+                 max_in_flight: int = 1, pipeline_min_entries: int = 8) -> None:
         self.node_ids = sorted(nodes)
         self.connections = {node: framing.Client(host, port, backoff_initial_s=0.02, backoff_max_s=0.3,
                                                   connect_timeout_s=1.0)
@@ -59,6 +63,9 @@ class JournalClient:
         self.commit_deadline_s = commit_deadline_s
         self.attempt_timeout_s = attempt_timeout_s
         self.max_entries = max_entries_per_message
+        self.max_in_flight = max_in_flight
+        self.pipeline_min_entries = pipeline_min_entries
+        self._in_flight = 0
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.head = self.node_ids[0]
@@ -67,7 +74,7 @@ class JournalClient:
         self.entries_sent = 0
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
-        self._sender: asyncio.Task | None = None
+        self._senders: list[asyncio.Task] = []
         self._backoff_s = 0.0
         self._closed = False
 
@@ -79,16 +86,16 @@ class JournalClient:
         deadline = loop.time() + (self.commit_deadline_s if not_after_s is None else not_after_s)
         self._queue.append(_Pending(request_id, tuple(slots), payload, future, deadline))
         self._wake.set()
-        if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_loop())
+        if not self._senders:
+            self._senders = [asyncio.ensure_future(self._send_loop()) for _ in range(self.max_in_flight)]
         return await future
 
     async def close(self) -> None:
         self._closed = True
-        if self._sender is not None:
-            self._sender.cancel()
+        for sender in self._senders:
+            sender.cancel()
             try:
-                await self._sender
+                await sender
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing
                 pass
         for pending in self._queue:
@@ -120,7 +127,7 @@ class JournalClient:
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closed:
-            if not self._queue:
+            if not self._queue or (self._in_flight and len(self._queue) < self.pipeline_min_entries):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -148,14 +155,19 @@ class JournalClient:
             timeout = min(self.attempt_timeout_s, max(0.001, max(p.not_after for p in batch) - now))
             self.messages_sent += 1
             self.entries_sent += len(batch)
+            self._in_flight += 1
             try:
                 frame = await self.connections[target].call(KIND_SUBMIT, request.SerializeToString(),
                                                             timeout_s=timeout)
             except (framing.ConnectionLost, framing.DeadlineExceeded, framing.RemoteError):
+                self._in_flight -= 1
+                self._wake.set()
                 self._queue = batch + self._queue                    # step 3: same request ids, next node
                 self.head = self._next_node(target)
                 await self._backoff()
                 continue
+            self._in_flight -= 1
+            self._wake.set()                                         # a waiting second sender may go now
             reply = pb.SubmitReply.FromString(frame.meta)
             self._learn(reply.config)                                # step 4
             again: list[_Pending] = []

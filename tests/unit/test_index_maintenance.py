@@ -181,3 +181,39 @@ def test_a_retried_reaped_entry_returns_its_original_outcome():
     first = h.commit(Reaped(h.index.seq), request_id)
     again = h.commit(Reaped(h.index.seq), request_id)
     assert again == first
+
+
+def test_cluster_store_reads_and_commits_maintenance_through_a_real_replica(tmp_path):
+    """The reaper's and repair's calls on the cluster MetadataStore, over a RocksDB replica."""
+    from common.limits import DEFAULT_LIMITS
+    from index.client import ClusterMetadataStore
+    from index.inprocess import InProcessTransport
+    from index.replica import IndexReplica
+
+    async def scenario():
+        clock = _clock()
+        store = ClusterMetadataStore(InProcessTransport(IndexReplica(str(tmp_path / "r")), clock_us=clock),
+                                     limits=DEFAULT_LIMITS, clock_us=clock)
+        incarnation = (await store.commit(CreateBucket("b", "ann", "us-east-1"), None, b"c", FAR_FUTURE)).bucket_incarnation
+        refs = [BlobRef(data_id=START_MS.to_bytes(6, "big") + i.to_bytes(10, "big"), size=1, md5_hex="0" * 32,
+                        placement=placement(DISKS)) for i in (1, 2)]
+        for number, ref in enumerate(refs):
+            await store.commit(PutObject("b", incarnation, "k", ObjectDraft(size=1, etag="e", body=ref)), None,
+                               bytes([number]), FAR_FUTURE)
+        entries, reaped = await store.reap_queue(0, 10)
+        assert reaped == 0 and [blobs for _, _, blobs in entries] == [(refs[0],)]
+        on_d3 = await store.placements_on("d3", b"", 10)
+        assert [(ref.data_id, displaced) for ref, displaced in on_d3] == [(refs[0].data_id, entries[0][0]),
+                                                                          (refs[1].data_id, 0)]
+        found, applied_time_us = await store.lookup_placements([refs[1].data_id, b"\x07" * 16])
+        assert list(found) == [refs[1].data_id] and applied_time_us > START_MS * 1000
+        await store.commit(Reaped(entries[0][0]), None, b"reaped", FAR_FUTURE)
+        assert (await store.reap_queue(0, 10)) == ([], entries[0][0])
+        moved = placement(["d9"] + DISKS[1:], generation=1)
+        await store.commit(ReplacePlacement(refs[1].data_id, refs[1].placement, moved, START_MS * 1000), None,
+                           b"repair", FAR_FUTURE)
+        result = await store.get("b", incarnation, "k")
+        assert result.record.body.placement == moved
+        await store.close()
+
+    asyncio.run(scenario())
