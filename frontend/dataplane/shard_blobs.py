@@ -110,6 +110,7 @@ from common.placement import (Disk, DiskId, DiskMap, NoEligibleDisk, NotEnoughSh
                               disk_from_stat, read_plan, survivable_domain_losses)
 from common.seams import CHECKSUM_ALGORITHMS, BlobRef
 from shardstore.format import ShardId, block_checksums
+from shardstore.framed import MANY_ITEMS_MAX, MANY_PAYLOAD_MAX_BYTES
 from shardstore.node import ShardCorrupt, ShardNotFound
 
 log = logging.getLogger("cairn.blobs")
@@ -494,11 +495,13 @@ class _PutBatcher:
 
     async def _run(self) -> None:
         limits = self.store.limits
+        items_max = min(limits.SMALL_PUT_BATCH_MAX, MANY_ITEMS_MAX)
+        bytes_max = min(limits.SMALL_PUT_BATCH_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES)
         try:
             while self._queue:
                 batch, batch_bytes = [], 0
-                while self._queue and len(batch) < limits.SMALL_PUT_BATCH_MAX and (
-                        not batch or batch_bytes + len(self._queue[0][1]) <= limits.SMALL_PUT_BATCH_MAX_BYTES):
+                while self._queue and len(batch) < items_max and (
+                        not batch or batch_bytes + len(self._queue[0][1]) <= bytes_max):
                     item = self._queue.popleft()
                     batch.append(item)
                     batch_bytes += len(item[1])
