@@ -29,14 +29,51 @@ Epochs and rejoin (DESIGN §6, first version):
 8. On adopting an epoch, a node with a predecessor sends it Sync(its log's epoch
    runs) and accepts no forwards until the SyncReply; a node with a successor
    forwards nothing until that successor's Sync. The predecessor answers with the
-   longest common prefix on (epoch, seq) and its highest seq, and forwards from there.
+   longest common prefix on (epoch, seq) and its highest seq, and forwards from there
+   — but only once it is itself synced with ITS predecessor (the head always is): a
+   Sync arriving earlier is held and answered right after the node's own SyncReply.
+   So the handshake settles head first, and every synced node's log is a prefix of
+   its predecessor's, hence of the head's (the "prefix order" the recovery rule uses).
 9. A restarted node (`restarted=True`) serves nothing until (a) the register has
    chosen a new epoch with it as tail (journal/config.py, proposer), (b) SyncReply:
    it truncates its log to the common prefix (TruncateSuffix) and sets its witness
    floor to the predecessor's highest seq, (c) it has caught up: durable and
    applied >= that seq. A new tail treats its whole log as committed.
+   Several nodes may be restarting at once (two, or the whole cluster after a
+   power cut); step 12 is the rule that makes that safe.
 10. Retention: every node truncates its log below min(durable applied seq of all
     current members) - RETENTION_ENTRIES (TruncatePrefix).
+
+Recovery after double and whole-cluster failures (the head-recovery step):
+12. Rule. The chain is always all three nodes, and an entry is committed only once
+    durable on the tail after the tail synced (step 8), i.e. on every node of the
+    chain. Only a restarted node that does not serve yet ever truncates its log
+    (TruncateSuffix), and only to the common prefix with a synced predecessor, whose
+    log holds every committed entry. By induction: EVERY committed entry — so every
+    acknowledged one, and every one any replica applied or any read saw — is in
+    EVERY node's durable log, at the same (epoch, seq). Hence:
+    (a) Any node's log, as recovered from its disk, starts with the whole committed
+        log; what lies beyond it was never acknowledged nor visible, and may be
+        kept (committed later, as if it had just arrived) or cut, whole entries at
+        a time — nothing unacknowledged becomes partly visible.
+    (b) So a restarted node that finds itself head of a new epoch with no serving
+        node before it (every node restarted: the register's rejoin proposals put
+        serving nodes first, restarted ones after them in the order they were
+        chosen) recovers from its OWN log: it sets its witness floor and its
+        catch-up target to its highest seq, forwards its log down the chain (the
+        others truncate to their common prefix with it, step 9(b)), and serves once
+        that log is committed and applied — which needs the whole chain. The
+        recovered chain therefore starts from the committed log, which is the same
+        on every node; among uncommitted suffixes the head's wins.
+    (c) With only two nodes back and the third not running, the third is still in
+        the chain: nothing commits, so the restarted nodes never finish catching up
+        and serve neither reads nor writes — a pause until it returns. A majority
+        cannot prove where the committed log ends (the missing node may be the tail,
+        the only one whose log ends exactly there), and removing a member needs the
+        failure detection of a later issue. A node that stayed up keeps serving
+        reads throughout, and heads the recovered chain.
+    (d) Epochs fence old roles: every message carries the epoch, older ones are
+        refused, so a node acting in an old epoch cannot commit beside the new chain.
 
 Reads (DESIGN §4):
 11. W = witness(slot) (max of the slot's value and the floor). as_of >= W ->
@@ -46,7 +83,7 @@ Reads (DESIGN §4):
 
 Invariants (checked with invariant()): seqs dense; committed <= durable on every
 node that could have it; apply in seq order, only committed entries; a suffix is
-truncated only above the committed seq, only by a rejoining tail.
+truncated only above the committed seq, only by a restarted node not yet serving.
 """
 
 from __future__ import annotations
@@ -107,6 +144,7 @@ class ChainReplica:
         self.successor_durable: int | None = None if restarted else self.last_seq
         self.sent_upto = self.last_seq
         self.last_forward_us = now_us
+        self.pending_sync: Sync | None = None        # a successor's Sync held until this node is synced
         # Head state (steps 1, 6).
         self.last_time_us = log_entries[-1].time_us if log_entries else 0
         self.waiting: dict[int, list[tuple[int, bytes]]] = {}    # seq -> [(client, request id)]
@@ -197,12 +235,22 @@ class ChainReplica:
                                     if self.last_seq in self.entries else 0)
         self.successor_durable = None
         self.sent_upto = 0
+        self.pending_sync = None
         self.commit_progress_us = now_us
         if self.predecessor is not None:
             self.synced_with_predecessor = False
             effects += self._send_sync(now_us)
         else:
             self.synced_with_predecessor = True
+            if self.restarted and not self.serving:
+                # Step 12(b): a restarted head recovers from its own log, which holds the
+                # whole committed log; it serves once all of it is committed and applied.
+                # Its witness: every slot at its highest seq (a target learned from an
+                # earlier predecessor may name a dropped uncommitted suffix: forgotten).
+                self.witness.clear()
+                self.witness_floor = self.last_seq
+                self.catch_up_to = self.last_seq
+                self._check_caught_up()
         return effects
 
     def _send_sync(self, now_us: int) -> list:
@@ -225,8 +273,11 @@ class ChainReplica:
         effects: list = []
         appended = False
         for submit in submits:
-            if not self.is_head or not self.serving:
+            if not self.is_head:
                 effects.append(Reply(submit.client, submit.request_id, None, "not_head", self.config))
+                continue
+            if not self.serving:                           # step 12(b): a head still recovering
+                effects.append(Reply(submit.client, submit.request_id, None, "retry", self.config))
                 continue
             seq = self.seq_of_request.get(submit.request_id)
             if seq is not None:                            # already in the log, uncommitted
@@ -437,6 +488,9 @@ class ChainReplica:
         handle, effects = self._check_epoch(message.config, message.sender, now_us)
         if not handle or message.sender != self.successor:
             return effects
+        if not self.synced_with_predecessor:
+            self.pending_sync = message                 # step 8: answered once this node is synced
+            return effects
         common = self.first_seq - 1
         done = False
         for epoch, first, last in message.runs:
@@ -453,6 +507,11 @@ class ChainReplica:
         invariant(common >= self.first_seq - 1 or not message.runs,
                   "successor is behind the retained log: needs a checkpoint install")
         common = min(common, self.durable_seq)
+        if self.successor_durable is not None:
+            # A repeated Sync in this epoch (resent, duplicated): the successor takes only the
+            # first reply to arrive, so never claim more than an earlier answer did — a higher
+            # claim could be one it never took, and nothing would be forwarded to it again.
+            common = min(common, self.successor_durable)
         self.successor_durable = common
         self.sent_upto = common
         effects.append(Send(message.sender, SyncReply(self.config, self.node, common, self.last_seq)))
@@ -463,7 +522,8 @@ class ChainReplica:
         if not handle or message.sender != self.predecessor or self.synced_with_predecessor:
             return effects
         if message.common_seq < self.last_seq:
-            invariant(self.restarted and self.is_tail, "only a rejoining tail truncates its log")
+            invariant(self.restarted and not self.serving,
+                      f"node {self.node}: only a restarted node not yet serving truncates its log")
             invariant(message.common_seq >= self.applied,
                       f"node {self.node}: truncating to {message.common_seq} below applied {self.applied}")
             for seq in range(message.common_seq + 1, self.last_seq + 1):
@@ -474,12 +534,18 @@ class ChainReplica:
             effects.append(TruncateSuffix(message.common_seq))
         self.synced_with_predecessor = True
         if self.restarted and not self.serving:
-            self.witness_floor = max(self.witness_floor, message.highest_seq)
+            # Every slot starts at the predecessor's highest seq, which is at or above every
+            # committed entry (step 12); an earlier, higher target is forgotten with its epoch.
+            self.witness.clear()
+            self.witness_floor = message.highest_seq
             self.catch_up_to = message.highest_seq
         if self.is_tail:
             effects += self._commit(self.durable_seq, now_us)   # its whole log is committed
         self._check_caught_up()
         effects += self._ack_up() + self._maybe_persist()
+        pending, self.pending_sync = self.pending_sync, None
+        if pending is not None and pending.config.epoch == self.config.epoch and pending.sender == self.successor:
+            effects += self.on_sync(pending, now_us)     # step 8: the successor's held Sync
         return effects
 
     def on_refuse(self, message: Refuse, now_us: int) -> list:

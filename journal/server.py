@@ -60,6 +60,7 @@ from common import framing
 from common import framing_pb2 as pb
 from common.errors import InvariantViolation, invariant
 from journal import records
+from journal.crashpoints import TAIL_AFTER_COMMIT_BEFORE_APPLY, CrashPoints
 from journal.config import (
     NO_BALLOT, Accept, Acceptor, AcceptorState, Accepted, Config, ConfigChosen, Nack, PersistAcceptor, Prepare,
     Promise, Proposer, SendRegister,
@@ -415,6 +416,8 @@ class JournalNode:
         self._last_ack: dict[int, tuple] = {}
         self.persisted_entries = 0
         self._persist_failed = False
+        self._crash_points = CrashPoints.from_environment(self.address.data_dir)   # a test hook, inert unset
+        self._crash_pending = False
 
     # ------------------------------------------------------------ step 1: start
 
@@ -524,9 +527,14 @@ class JournalNode:
                 handler = self._inputs.popleft()
                 for effect in handler(now_us()):
                     self._execute(effect)
+                if self._crash_pending:                              # journal/crashpoints.py
+                    break
         finally:
             self._draining = False
             self._flush()
+        if self._crash_pending:
+            log.warning("CrashPoint node=%d point=%s: exiting", self.node_id, TAIL_AFTER_COMMIT_BEFORE_APPLY)
+            CrashPoints.exit()
 
     def _execute(self, effect) -> None:
         if isinstance(effect, Persist):                               # step 3
@@ -541,6 +549,9 @@ class JournalNode:
         elif isinstance(effect, RaiseWitness):
             pass                                                      # the core holds the witness
         elif isinstance(effect, Apply):                               # step 7
+            if self._crash_pending or (self.core.is_tail and self._crash_points.reached(TAIL_AFTER_COMMIT_BEFORE_APPLY)):
+                self._crash_pending = True                            # the test hook: never applied
+                return
             entries = effect.entries
             outcomes = self.applier.apply(entries)
             invariant(len(outcomes) == len(entries), "one outcome per applied entry")

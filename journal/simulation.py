@@ -11,11 +11,14 @@ World:
 - Disks: MemoryDisk; a crash loses unsynced appends and may tear the last one.
 - Crashes: after any effect a node carries out (crash point = the effect's name,
   plus "Persist.unsynced" between write and fdatasync), with the fault model's
-  probability; at most one node is out of service at a time (crashed, electing or
-  catching up) — double failures need the head-recovery step not built yet.
-  A crashed node restarts after a random downtime: recovers its log (torn tail
-  cut), its acceptor state and its replica's last durable checkpoint, then goes
-  through the register for a new epoch and catch-up (ChainReplica step 9).
+  probability, while fewer than the model's `max_out` nodes are out of service
+  (crashed, electing or catching up): one at a time in most models, two at once in
+  "double", and in "blackout" a crash may take every node down at the same instant
+  (a power cut: each disk loses its unsynced writes). A crashed node restarts after
+  a random downtime: recovers its log (torn tail cut), its acceptor state and its
+  replica's last durable checkpoint, then goes through the register for a new epoch
+  and catch-up (ChainReplica steps 9 and 12: several restarting at once recover
+  from the new head's log).
 - Clocks: every node and client has its own skew within MAX_CLOCK_SKEW.
 - Clients: closed loop, one operation at a time, on a few hot keys: put, delete,
   If-Match CAS, If-None-Match CAS, and reads through the read path with a cache
@@ -70,6 +73,7 @@ from journal.replica import ChainReplica, JournalLimits
 from spec.linearizability import Operation, check_history
 
 NODES = (0, 1, 2)
+SETTLE_US = 5_000_000           # after the clients finish, every node must serve again within this
 
 
 class SimulationFailure(Exception):
@@ -89,6 +93,8 @@ class FaultModel:
     tear: bool = True
     slow_apply: float = 0.1                     # chance an Apply takes up to slow_apply_us (a lagging replica)
     slow_apply_us: int = 15_000
+    max_out: int = 1                            # nodes that may be out of service at once
+    blackout: float = 0.0                       # chance a crash takes every live node down with it
 
 
 CALM = FaultModel("calm")
@@ -101,7 +107,14 @@ OUTAGE = FaultModel("outage", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), c
 # Many crashes per run (still at most one node out of service at a time).
 STORM = FaultModel("storm", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), crash_per_effect=0.02,
                    max_crashes=8, downtime_us=(5_000, 60_000), clock_skew_us=2_000)
-PROFILES = {model.name: model for model in (CALM, LOSSY, CRASHY, OUTAGE, STORM)}
+# Two nodes out at once: the third (if it stayed up) heads the recovered chain, else
+# writes pause until one returns (ChainReplica step 12).
+DOUBLE = FaultModel("double", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), crash_per_effect=0.01,
+                    max_crashes=6, max_out=2, downtime_us=(2_000, 80_000), clock_skew_us=2_000)
+# Whole-cluster crashes (every node at one instant) besides single and double ones.
+BLACKOUT = FaultModel("blackout", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), crash_per_effect=0.008,
+                      max_crashes=6, max_out=3, blackout=0.5, downtime_us=(2_000, 60_000), clock_skew_us=2_000)
+PROFILES = {model.name: model for model in (CALM, LOSSY, CRASHY, OUTAGE, STORM, DOUBLE, BLACKOUT)}
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,7 @@ class Simulation:
         self.queue: list = []
         self.trace: list = []
         self.crashes = 0
+        self.settling = False
         config = Config(1, NODES)
         initial = AcceptorState(NO_BALLOT, NO_BALLOT, config)
         self.latest_config = config
@@ -292,10 +306,28 @@ class Simulation:
                 getattr(self, "_on_" + kind)(*args)
                 if all(c.remaining == 0 and c.op is None for c in self.clients):
                     break
+            self._settle()
             self._final_checks()
         except InvariantViolation as error:
             self.fail(f"invariant violated: {error}")
         return self
+
+    def _settle(self) -> None:
+        """Liveness of recovery: with no more crashes, every node comes back and serves in the
+        latest epoch within SETTLE_US (after a whole-cluster crash too), so the chain commits again."""
+        self.settling = True
+        deadline = self.now + SETTLE_US
+        while not all(not self._out_of_service(n) and n.core.config == self.latest_config
+                      for n in self.nodes.values()):
+            if not self.queue or self.queue[0][0] > deadline:
+                self.fail("liveness: the cluster did not recover: " + str(
+                    [(n.node, n.alive, n.core and (n.core.config, n.core.serving, n.core.electing,
+                                                    n.core.last_seq, n.core.committed, n.core.applied))
+                     for n in self.nodes.values()]))
+            at, _, kind, args = heapq.heappop(self.queue)
+            self.now = at
+            getattr(self, "_on_" + kind)(*args)
+        self.stats["settle_us"] += self.now - (deadline - SETTLE_US)
 
     def _final_checks(self) -> None:
         # I1: logs agree on (epoch, seq) over the committed prefix.
@@ -324,20 +356,26 @@ class Simulation:
             if node.alive and node.incarnation == incarnation:
                 self._maybe_crash(node, type(effect).__name__)
 
+    def _out_of_service(self, node: SimNode) -> bool:
+        return (not node.alive or node.core is None or not node.core.caught_up()
+                or node.core.config.epoch != self.latest_config.epoch)
+
     def _may_crash(self, node: SimNode) -> bool:
-        if self.crashes >= self.faults.max_crashes or self.faults.crash_per_effect == 0:
+        if self.crashes >= self.faults.max_crashes or self.faults.crash_per_effect == 0 or self.settling:
             return False
-        for other in self.nodes.values():
-            if other is node:
-                continue
-            if not other.alive or other.core is None or not other.core.caught_up():
-                return False
-            if other.core.config.epoch != self.latest_config.epoch:
-                return False
-        return True
+        out = sum(1 for other in self.nodes.values() if other is not node and self._out_of_service(other))
+        return out < self.faults.max_out
 
     def _maybe_crash(self, node: SimNode, point: str) -> None:
         if self.rng.random() < self.faults.crash_per_effect and self._may_crash(node):
+            if any(other is not node and self._out_of_service(other) for other in self.nodes.values()):
+                self.stats["crash_while_another_out"] += 1
+            if self.faults.blackout and self.rng.random() < self.faults.blackout:
+                self.stats["blackout"] += 1
+                self._note("BLACKOUT: every node crashes at once")
+                for other in self.nodes.values():
+                    if other is not node and other.alive:
+                        self._crash(other, "blackout")
             self._crash(node, point)
 
     def _crash(self, node: SimNode, point: str) -> None:

@@ -114,12 +114,15 @@ def test_rejoining_tail_truncates_and_serves_only_when_caught_up():
     predecessor = ChainReplica(2, CONFIG, [_entry(1, 1), _entry(1, 2), _entry(2, 3), _entry(2, 4)],
                                applied_seq=2, limits=LIMITS, restarted=False)
     reply = predecessor.on_sync(effects[0].message, 1)
-    # The predecessor adopts epoch 2 (and syncs with its own predecessor, node 1) first.
-    assert reply[0] == Send(1, Sync(new, 2, ((1, 1, 2), (2, 3, 4))))
-    assert reply[1] == Send(0, SyncReply(new, 2, 2, 4))
-    forward = reply[2].message
+    # The predecessor adopts epoch 2 and syncs with its own predecessor, node 1, first: it
+    # answers the rejoiner only once synced itself (step 8), so its log is settled.
+    assert reply == [Send(1, Sync(new, 2, ((1, 1, 2), (2, 3, 4))))]
+    reply = predecessor.on_sync_reply(SyncReply(new, 1, 4, 4), 1)
+    reply = [effect for effect in reply if isinstance(effect, Send) and effect.to == 0]
+    assert reply[0] == Send(0, SyncReply(new, 2, 2, 4))
+    forward = reply[1].message
     assert [e.tag for e in forward.entries] == [(2, 3), (2, 4)]
-    effects = rejoiner.on_sync_reply(reply[1].message, 2)
+    effects = rejoiner.on_sync_reply(reply[0].message, 2)
     assert TruncateSuffix(2) in effects and rejoiner.last_seq == 2
     assert rejoiner.witness_of(1) == 4 and not rejoiner.serving
     # Its whole (truncated) log is committed: seq 2 applies now.
