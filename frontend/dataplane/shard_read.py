@@ -1,0 +1,240 @@
+"""The read side of the cluster BlobStore (frontend/dataplane/shard_blobs.py, whose
+docstring describes it): copies read from the coolest live copy with failover and a
+hedge; RS stripes read as the data chunk ranges they need or decoded from k whole
+chunks, BLOB_READ_PREFETCH_STRIPES ahead.
+
+Invariants: every byte yielded came from a get the client verified against the
+stored block checksums, or from a decode of k such chunks; fewer than k readable is
+an error (ServiceUnavailable or BlobCorrupt), never bytes. At most
+BLOB_READ_PREFETCH_STRIPES + 1 stripes are in memory per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any, AsyncIterator, Iterable
+
+from common import blob_placement as bp
+from common.errors import BlobCorrupt, ServiceUnavailable, invariant
+from common.framing import ConnectionLost
+from common.placement import DiskId, NotEnoughShards, Placement, read_plan
+from frontend.dataplane.shard_write import UNREACHABLE, forget
+from shardstore.format import ShardId
+from shardstore.node import ShardCorrupt
+
+log = logging.getLogger("cairn.blobs")
+
+class Reader:
+    def __init__(self, store: ShardBlobStore, data_id: bytes, placement) -> None:
+        self.store, self.data_id, self.placement = store, data_id, placement
+        self.layout = bp.Layout(placement)
+        self.disks = [DiskId(disk) for disk in placement.disks]
+        self.missing = set(placement.missing)
+        self.hedge_s = store.limits.READ_HEDGE_MS / 1000
+        self.unreachable = False     # some shard's disk could not be reached
+
+    def _plan_placement(self, excluded: set[int]) -> Placement:
+        """A common.placement view of the slots, with excluded ones on no disk (never live)."""
+        disks = tuple(DiskId("") if slot in excluded else disk for slot, disk in enumerate(self.disks))
+        return Placement(disks=disks, domains=("",) * len(disks), needed=1 if self.layout.copies else self.layout.k,
+                         copies=self.layout.copies, survives_domain_losses=0)
+
+    def _order(self, slots: Iterable[int], excluded: set[int]) -> list[int]:
+        """Live, not excluded slots, coolest first (data before parity among the cool)."""
+        disk_map = self.store.disk_map
+        hot = disk_map.hot_threshold_bytes_per_s(self.store.limits.HOT_FACTOR)
+        ranked = []
+        for slot in slots:
+            disk = disk_map.get(self.disks[slot])
+            if slot in excluded or disk is None or not disk.up:
+                continue
+            parity = not self.layout.copies and slot >= self.layout.k
+            ranked.append(((disk.load_bytes_per_s > hot, parity, disk.load_bytes_per_s, slot), slot))
+        return [slot for _, slot in sorted(ranked)]
+
+    async def _get(self, slot: int, shard_index: int, start: int, end: int):
+        disk = self.disks[slot]
+        if disk in self.store.down:
+            self.unreachable = True
+            raise ConnectionLost(f"disk {disk} is down")
+        try:
+            return await self.store._call(disk, self.store._client(disk).get(
+                disk, ShardId(self.data_id, shard_index), start, end, timeout_s=self.store.timeout_s))
+        except UNREACHABLE:
+            self.unreachable = True
+            raise
+        except ShardCorrupt:
+            log.error("ShardCorrupt data_id=%s shard=%d disk=%s", self.data_id.hex(), shard_index, disk)
+            raise
+
+    def _unreadable(self, need: int, got: int) -> Exception:
+        message = f"{self.data_id.hex()}: {got} of {need} needed shards readable"
+        if self.unreachable:
+            return ServiceUnavailable(message, need=need, got=got)
+        return BlobCorrupt(message)
+
+    # ------------------------------------------------------------------ copies
+
+    async def copies(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if start == end:
+            return
+        excluded = set(self.missing)
+        try:
+            first = read_plan(self._plan_placement(excluded), (), self.store.disk_map,
+                              hot_factor=self.store.limits.HOT_FACTOR).shards[0]
+        except NotEnoughShards:
+            self.unreachable = True
+            raise self._unreadable(1, 0) from None
+        order = [first] + [slot for slot in self._order(range(len(self.disks)), excluded) if slot != first]
+        running: dict[asyncio.Future, int] = {}
+        launch = True
+        try:
+            while True:
+                if launch and order:
+                    slot = order.pop(0)
+                    running[asyncio.ensure_future(self._get(slot, slot, start, end))] = slot
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, timeout=self.hedge_s if order else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                launch = True                    # a failure fails over, a timeout hedges
+                for task in done:
+                    running.pop(task)
+                    if not task.cancelled() and task.exception() is None:
+                        data = task.result()
+                        invariant(len(data) == end - start, "a shard get returns exactly its range")
+                        yield _as_bytes(data)
+                        return
+        finally:
+            for task in running:
+                task.cancel()
+                forget(task)
+        raise self._unreadable(1, 0)
+
+    # ------------------------------------------------------------------ RS
+
+    async def coded(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if start == end:
+            return
+        layout = self.layout
+        first, last = start // layout.stripe_bytes, (end - 1) // layout.stripe_bytes
+        window: collections.deque[asyncio.Task] = collections.deque()
+        ahead = self.store.limits.BLOB_READ_PREFETCH_STRIPES
+        following = first
+        try:
+            while window or following <= last:
+                while following <= last and len(window) <= ahead:
+                    base = following * layout.stripe_bytes
+                    low, high = max(start, base) - base, min(end, base + layout.stripe_length(following)) - base
+                    window.append(asyncio.ensure_future(self._stripe(following, low, high)))
+                    following += 1
+                for piece in await window.popleft():
+                    yield _as_bytes(piece)
+        finally:
+            for task in window:
+                task.cancel()
+                forget(task)
+
+    async def _stripe(self, stripe: int, low: int, high: int) -> list:
+        """Bytes [low, high) of stripe `stripe`, as pieces (no copy on the fast path)."""
+        layout = self.layout
+        chunk = layout.chunk_bytes
+        wanted = range(low // chunk, (high - 1) // chunk + 1)
+        excluded = set(self.missing)
+        try:
+            plan = read_plan(self._plan_placement(excluded), wanted, self.store.disk_map,
+                             hot_factor=self.store.limits.HOT_FACTOR)
+        except NotEnoughShards as error:
+            self.unreachable = True
+            raise self._unreadable(layout.k, error.live) from None
+        have: dict[int, Any] = {}
+        if not plan.decode:
+            offset = layout.chunk_offset(stripe)
+            tasks = {}
+            for slot in wanted:
+                lo, hi = max(low, slot * chunk) - slot * chunk, min(high, (slot + 1) * chunk) - slot * chunk
+                tasks[slot] = (lo, hi, asyncio.ensure_future(
+                    self._get(slot, layout.shard_index(stripe, slot), offset + lo, offset + hi)))
+            done, pending = await asyncio.wait([task for *_, task in tasks.values()], timeout=self.hedge_s)
+            if not pending and all(task.exception() is None for task in done):
+                return [task.result() for *_, task in tasks.values()]
+            for slot, (lo, hi, task) in tasks.items():
+                if task in pending:
+                    task.cancel()
+                    forget(task)
+                    excluded.add(slot)           # slow: decode around it (it may come back below)
+                elif task.exception() is not None:
+                    excluded.add(slot)
+                elif lo == 0 and hi == layout.chunk_length(stripe, slot):
+                    have[slot] = task.result()  # a whole chunk: usable for the decode
+        return await self._decode(stripe, low, high, excluded, have)
+
+    async def _decode(self, stripe: int, low: int, high: int, excluded: set[int], have: dict[int, Any]) -> list:
+        layout = self.layout
+        k, chunk = layout.k, layout.chunk_bytes
+        length = layout.chunk_length(stripe, layout.k)       # the parity (and padded) length
+        offset = layout.chunk_offset(stripe)
+        for slot in range(k):
+            if layout.chunk_length(stripe, slot) == 0:
+                have[slot] = b""                # past the blob's end: zeros, known without a read
+        candidates = [slot for slot in self._order(range(layout.slots), excluded | set(have))]
+        # Slots excluded only for slowness come back last, rather than failing the read.
+        retry = [slot for slot in self._order(range(layout.slots), set(self.missing) | set(have))
+                 if slot in excluded]
+        failed: set[int] = set()
+        running: dict[asyncio.Future, int] = {}
+
+        def launch() -> bool:
+            for queue in (candidates, retry):
+                while queue:
+                    slot = queue.pop(0)
+                    if slot in failed or slot in have or slot in running.values():
+                        continue
+                    running[asyncio.ensure_future(self._get(slot, layout.shard_index(stripe, slot), offset,
+                                                            offset + layout.chunk_length(stripe, slot)))] = slot
+                    return True
+            return False
+
+        try:
+            while len(have) < k:
+                while len(have) + len(running) < k and launch():
+                    pass
+                if not running:
+                    raise self._unreadable(k, len(have))
+                done, _ = await asyncio.wait(running, timeout=self.hedge_s, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    launch()                     # a hedge: one more shard
+                    continue
+                for task in done:
+                    slot = running.pop(task)
+                    if task.cancelled() or task.exception() is not None:
+                        failed.add(slot)
+                    else:
+                        have[slot] = task.result()
+        finally:
+            for task in running:
+                task.cancel()
+                forget(task)
+        shards = {slot: _padded(data, length) for slot, data in have.items()}
+        data = await asyncio.to_thread(self.store.code.decode, shards, length)
+        pieces = []
+        for slot in range(low // chunk, (high - 1) // chunk + 1):
+            lo, hi = max(low, slot * chunk) - slot * chunk, min(high, (slot + 1) * chunk) - slot * chunk
+            pieces.append(memoryview(data[slot])[lo:hi])
+        return pieces
+
+
+def _as_bytes(piece):
+    """Bytes as the seam promises (a client may hand back views; a slice of a decoded
+    chunk is one): a copy only then."""
+    return piece if type(piece) is bytes else bytes(piece)
+
+
+def _padded(data, length: int):
+    size = len(data)
+    if size == length:
+        return data
+    invariant(size < length, "a data chunk is never longer than the stripe's parity")
+    return bytes(data) + bytes(length - size)
