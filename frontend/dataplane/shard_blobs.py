@@ -287,7 +287,11 @@ class ShardBlobStore:
         tasks = {slot: asyncio.ensure_future(self._put_whole(placement.disks[slot], ShardId(data_id, slot), data,
                                                              checksums))
                  for slot in range(count)}
-        durable, failed, late = await settle(tasks, quorum, self.limits.PUT_HEDGE_MS / 1000)
+        try:
+            durable, failed, late = await settle(tasks, quorum, self.limits.PUT_HEDGE_MS / 1000)
+        except BaseException:               # cancelled (the client went away): keep nothing (step 7)
+            self._spawn(self._discard(data_id, placement.disks, 1, list(tasks.values())))
+            raise
         for task in late:
             self._track(task)
         if len(durable) < quorum:

@@ -418,3 +418,30 @@ def test_placement_round_trip_and_layout():
     assert layout.shard_length(12) == 5 and layout.shard_length(13) == 0 and layout.shard_length(16) == 5
     assert bp.segment_shard_lengths(4, 2, CHUNK, SEGMENT) == [4 * CHUNK] * 6
     assert bp.segment_shard_lengths(4, 2, 10, 25) == [10, 10, 5, 0, 10, 10]
+
+
+def _slowed(function, delay_s: float):
+    async def slow(*args, **kwargs):
+        await asyncio.sleep(delay_s)
+        return await function(*args, **kwargs)
+    return slow
+
+
+@pytest.mark.parametrize("size", [1000, 3 * STRIPE])
+def test_cancelled_write_keeps_nothing(tmp_path, size):
+    """A PUT cancelled mid-flight (the HTTP client went away) deletes what it wrote."""
+    async def run():
+        async with Cluster(str(tmp_path)) as cluster:
+            for node in cluster.nodes.values():        # every put takes 50 ms: cancel mid-flight
+                node.put = _slowed(node.put, 0.05)
+            task = asyncio.ensure_future(cluster.store.write(os.urandom(16), _stream(os.urandom(size)), size, ()))
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if not cluster.store._background and cluster.shard_count() == 0:
+                    break
+            assert cluster.shard_count() == 0
+    _run(run())
