@@ -35,14 +35,16 @@ def _dev(arguments: argparse.Namespace) -> int:
         print("cairn dev: --tls-cert and --tls-key go together: give both for HTTPS, or neither", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    extra = {}
     if arguments.memory:
         from deploy.local import run_dev as runner  # deploy may import spec/ for the in-memory mode
     else:
         from deploy.cluster_dev import run_cluster_dev as runner
+        extra = dict(process_per_disk=arguments.process_per_disk, cluster_file=arguments.cluster)
 
     try:
         return run_on_uvloop(runner(config, host=arguments.host, port=arguments.port, data_dir=data_dir,
-                                    tls_cert=arguments.tls_cert, tls_key=arguments.tls_key))
+                                    tls_cert=arguments.tls_cert, tls_key=arguments.tls_key, **extra))
     except OSError as error:
         print(f"cairn dev: cannot listen on {arguments.host}:{arguments.port}: {error.strerror or error}. "
               "Pick another port with --port N (0 picks a free one).", file=sys.stderr)
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--config", help="TOML config with [[users]]; default: DATA_DIR/cairn.toml, generated on first start")
     dev.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)")
     dev.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    dev.add_argument("--process-per-disk", action="store_true",
+                     help="run one shardstore process per disk, as production does (default: the six dev disks "
+                          "share two processes)")
+    dev.add_argument("--cluster", metavar="FILE",
+                     help="use this cluster TOML as written (start from a copy of deploy/cluster.example.toml) "
+                          "instead of generating DATA_DIR/cluster.toml")
     dev.add_argument("--memory", action="store_true",
                      help="run the single-process server over the in-memory reference stores instead of the "
                           "metadata cluster (nothing survives a stop; for tests and benchmarks of the S3 layer)")

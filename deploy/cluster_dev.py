@@ -1,35 +1,49 @@
-"""`cairn dev` on the metadata cluster: three metadata nodes and frontend workers on one machine.
+"""`cairn dev`: the whole cluster on one machine — shardstores, metadata nodes, frontend workers.
 
 Layout under the data dir:
     cairn.toml        users and limits (common/config.py), generated on first start
-    cluster.toml      the metadata cluster (journal/server.py), rewritten at each start
-                      with fresh loopback ports; node identity is its id, so data
-                      dirs carry over
+    cluster.toml      the cluster (journal/server.py for the metadata nodes,
+                      common/layout.py for the shardstores and disks), rewritten at
+                      each start with fresh loopback ports; disks keep their ids,
+                      paths, domains and states (`cairn disk` edits them), node and
+                      disk identities name the data, so data dirs carry over
     meta/<i>/         metadata node i: journal log, acceptor state, index RocksDB
-    blobs/            the file-per-blob store shared by the workers (until the
-                      erasure-coded data path lands)
+    disks/<id>/       disk <id>: its shards (extents + RocksDB index)
 
-Steps: write cluster.toml; start the three metadata nodes, each ready before the
-next; bind the S3 port and start the frontend workers, which all accept on that one
-listening socket; print endpoint and
-credentials; on SIGINT/SIGTERM stop the workers, then the nodes (each syncs and
-marks a clean stop, so the next start resumes without an epoch change). The
+Default layout: six disks d0..d5, RS 4+2, each disk its own failure domain, served
+by two shardstore processes of three disks each (DESIGN §1's dev cluster); with
+`process_per_disk` one shardstore process per disk, as production runs (a stuck or
+killed disk stalls only its own). A copy of deploy/cluster.example.toml passed as
+`cluster_file` replaces the generated file and is used as written.
+
+Steps: write cluster.toml; start the shardstores, the three metadata nodes, the
+maintenance process (reaper, sweep, repair) when this build has it, each ready
+before the next; bind the S3 port and start the frontend workers, which all accept
+on that one listening socket; print endpoint and credentials; on SIGINT/SIGTERM
+stop the workers, then the rest (metadata nodes sync and mark a clean stop). The
 supervisor restarts any process that dies, saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import signal
 import socket
 import sys
+import tomllib
 from pathlib import Path
 
 from common.config import Config
+from common.layout import IN, parse_layout
 from deploy.supervisor import ProcessSpec, Supervisor
 
 METADATA_NODES = 3
 DEV_WORKERS = 2
+DEV_DISKS = 6
+DEV_STORE_PROCESSES = 2
+DEV_EC = (4, 2)
 
 
 def _free_port(host: str) -> int:
@@ -38,23 +52,78 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1") -> Path:
-    lines = ["# Written by `cairn dev` at each start; node ids name the data, ports are fresh.",
+def _quote(text: str) -> str:
+    return json.dumps(text)   # a TOML basic string for the paths and names written here
+
+
+def _previous_disks(path: Path) -> tuple[tuple[int, int], list[dict]] | None:
+    """The EC parameters and disks (id, path, domain, state) of the last start, if any."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as file:
+        layout = parse_layout(tomllib.load(file), str(path))
+    if layout is None:
+        return None
+    disks = [dict(id=disk.id, path=disk.path, domain=disk.domain, state=disk.state)
+             for disk in layout.disks(include_out=True)]
+    return (layout.k, layout.m), disks
+
+
+def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1", *, process_per_disk: bool = False) -> Path:
+    path = data_dir / "cluster.toml"
+    previous = _previous_disks(path)
+    if previous is None:
+        (k, m) = DEV_EC
+        disks = [dict(id=f"d{index}", path=str(data_dir / "disks" / f"d{index}"), domain=f"disk:d{index}", state=IN)
+                 for index in range(DEV_DISKS)]
+    else:
+        (k, m), disks = previous
+    lines = ["# Written by `cairn dev` at each start: node and disk ids name the data, ports are fresh.",
+             "# `cairn disk add/remove --cluster THIS_FILE` edits the disks; they are kept across starts.",
              "[journal]", "ack_wait_ms = 1000", "resend_after_ms = 100", "read_wait_ms = 50", ""]
     for node in range(METADATA_NODES):
         directory = data_dir / "meta" / str(node)
         directory.mkdir(parents=True, exist_ok=True)
         lines += ["[[nodes]]", f"id = {node}", f'host = "{host}"', f"port = {_free_port(host)}",
-                  f'data_dir = "{directory}"', ""]
-    path = data_dir / "cluster.toml"
+                  f"data_dir = {_quote(str(directory))}", ""]
+    lines += ["[data]", f"ec_k = {k}", f"ec_m = {m}", ""]
+    if process_per_disk:
+        groups = [[disk] for disk in disks]
+    else:
+        size = -(-len(disks) // DEV_STORE_PROCESSES)
+        groups = [disks[start:start + size] for start in range(0, len(disks), size)]
+    for number, group in enumerate(groups):
+        name = f"store-{group[0]['id']}" if process_per_disk else f"store-{number}"
+        lines += ["[[shardstores]]", f"name = {_quote(name)}", f'host = "{host}"',
+                  f'data_address = "{host}:{_free_port(host)}"', f'grpc_address = "{host}:{_free_port(host)}"', ""]
+        for disk in group:
+            lines += ["[[shardstores.disks]]", f"id = {_quote(disk['id'])}", f"path = {_quote(disk['path'])}",
+                      f"domain = {_quote(disk['domain'])}", f"state = {_quote(disk['state'])}", ""]
     path.write_text("\n".join(lines))
     return path
 
 
+def _store_specs(cluster: Path) -> list[ProcessSpec]:
+    with open(cluster, "rb") as file:
+        layout = parse_layout(tomllib.load(file), str(cluster))
+    if layout is None:
+        return []
+    specs = []
+    for store in layout.stores:
+        argv = [sys.executable, "-m", "shardstore.main", "--listen", store.grpc_address,
+                "--data-listen", store.data_address]
+        for disk in store.disks:
+            Path(disk.path).mkdir(parents=True, exist_ok=True)
+            argv += ["--disk", f"{disk.id}={disk.path}"]
+        specs.append(ProcessSpec(f"shardstore-{store.name}", argv))
+    return specs
+
+
 async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Path, tls_cert: str | None,
-                          tls_key: str | None, workers: int = DEV_WORKERS) -> int:
+                          tls_key: str | None, workers: int = DEV_WORKERS, process_per_disk: bool = False,
+                          cluster_file: str | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
-    cluster = write_cluster_toml(data_dir)
+    cluster = Path(cluster_file) if cluster_file else write_cluster_toml(data_dir, process_per_disk=process_per_disk)
     # The supervisor binds the S3 port itself and hands the listening socket to every
     # worker: a port in use fails here with a clear message, and two clusters can
     # never share a port (as SO_REUSEPORT would let them).
@@ -65,9 +134,14 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     listener.set_inheritable(True)
     port = listener.getsockname()[1]
     python = sys.executable
-    specs = [ProcessSpec(f"metanode-{node}", [python, "-m", "index.metanode", "--node", str(node),
-                                              "--config", str(cluster)])
-             for node in range(METADATA_NODES)]
+    specs = _store_specs(cluster)
+    stores = len(specs)
+    specs += [ProcessSpec(f"metanode-{node}", [python, "-m", "index.metanode", "--node", str(node),
+                                               "--config", str(cluster)])
+              for node in range(METADATA_NODES)]
+    if stores and importlib.util.find_spec("index.maintain") is not None:
+        specs.append(ProcessSpec("maintain", [python, "-m", "index.maintain", "--config", config.path,
+                                              "--cluster", str(cluster)]))
     worker_argv = [python, "-m", "frontend.worker", "--config", config.path, "--cluster", str(cluster),
                    "--data-dir", str(data_dir), "--host", host, "--port", str(port), "--fd", str(listener.fileno())]
     if tls_cert:
@@ -91,8 +165,10 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     print(f"secret key: {user.secret_key}")
     print(f"region: {config.region}")
     print(f"config: {config.path}")
+    bytes_where = (f"object bytes erasure-coded over the disks of {stores} shardstore processes ({cluster})"
+                   if stores else f"object bytes in {data_dir / 'blobs'}")
     print(f"storage: metadata cluster of {METADATA_NODES} nodes (fsynced journal, RocksDB index) under {data_dir}; "
-          f"object bytes in {data_dir / 'blobs'}; {workers} frontend workers")
+          f"{bytes_where}; {workers} frontend workers")
     print("Stop with Ctrl-C.")
     sys.stdout.flush()
     await stop.wait()

@@ -123,9 +123,10 @@ def _stop(process: subprocess.Popen) -> tuple[int, bool]:
 
 
 @contextlib.contextmanager
-def start_server(directory: Path, *, tls: bool = False, config: Path | None = None, users: list[User] | None = None):
+def start_server(directory: Path, *, tls: bool = False, config: Path | None = None, users: list[User] | None = None,
+                 args: tuple[str, ...] = ()):
     directory.mkdir(parents=True, exist_ok=True)
-    command = [str(CAIRN), "dev", "--port", "0", "--data-dir", str(directory / "data")]
+    command = [str(CAIRN), "dev", "--port", "0", "--data-dir", str(directory / "data"), *args]
     if config is not None:
         command += ["--config", str(config)]
     ca_file = None
