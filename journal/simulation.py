@@ -27,6 +27,14 @@ World:
 - Toy apply (ToyReplica): a key/value dict with a dedup table request id ->
   outcome (a duplicate returns the original outcome), Expired past not_after
   (unrecorded), PreconditionFailed for a failed condition (recorded).
+- Real apply (a fault model with `real_apply`, IndexSimReplica): each replica is
+  index/apply.py's deterministic apply over an in-memory index/state.py
+  MemoryView. Every log starts with one committed CreateBucket (seq 1, applied
+  everywhere: "the bucket created first"); clients issue real S3 mutations
+  encoded as the frontend does (index/codec.py): PutObject with an inline body,
+  DeleteObject, PutObject If-None-Match * and PutObject If-Match(ETag), and reads
+  answer from index/reader.py's get_object. A replica's checkpoint is a copy of
+  its view (RocksDB's durable state in miniature).
 
 Checks (each raises SimulationFailure with the seed and the trace tail):
 - I1, per applied entry: a replica applies seq = its applied + 1; every replica
@@ -39,7 +47,9 @@ Checks (each raises SimulationFailure with the seed and the trace tail):
   seq of every write to the key acknowledged before the read began and of every
   write an earlier completed read of the key observed.
 - I6, per applied entry: every replica computes the same outcome and reaches the
-  same state digest at a seq; a request id mutates state at most once per replica.
+  same state digest at a seq (real apply: a digest of the view's key/value pairs,
+  iterated in order; at the end, replicas at one applied seq are compared pair for
+  pair); a request id mutates state at most once per replica.
 - I8, per applied entry: every current member that serves has a witness >= seq
   for every slot the entry touches.
 - I5: the client history, per key, through spec/linearizability.
@@ -50,6 +60,8 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
+import hashlib
 import heapq
 import json
 import random
@@ -69,6 +81,7 @@ from journal.messages import (
     Ack, Apply, Forward, Persist, RaiseWitness, Read, ReadReply, ReadValue, Refuse, Reply, Send, Submit,
     Sync, SyncReply, TruncatePrefix, TruncateSuffix,
 )
+from journal.records import Entry
 from journal.replica import ChainReplica, JournalLimits
 from spec.linearizability import Operation, check_history
 
@@ -95,6 +108,7 @@ class FaultModel:
     slow_apply_us: int = 15_000
     max_out: int = 1                            # nodes that may be out of service at once
     blackout: float = 0.0                       # chance a crash takes every live node down with it
+    real_apply: bool = False                    # replicas run index/apply.py (IndexSimReplica)
 
 
 CALM = FaultModel("calm")
@@ -114,7 +128,11 @@ DOUBLE = FaultModel("double", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), c
 # Whole-cluster crashes (every node at one instant) besides single and double ones.
 BLACKOUT = FaultModel("blackout", drop=0.03, duplicate=0.03, delay_us=(50, 2_000), crash_per_effect=0.008,
                       max_crashes=6, max_out=3, blackout=0.5, downtime_us=(2_000, 60_000), clock_skew_us=2_000)
-PROFILES = {model.name: model for model in (CALM, LOSSY, CRASHY, OUTAGE, STORM, DOUBLE, BLACKOUT)}
+# The same faults with the real apply of index/apply.py behind every replica.
+REAL_CRASHY = dataclasses.replace(CRASHY, name="real-crashy", real_apply=True)
+REAL_BLACKOUT = dataclasses.replace(BLACKOUT, name="real-blackout", real_apply=True)
+PROFILES = {model.name: model for model in (CALM, LOSSY, CRASHY, OUTAGE, STORM, DOUBLE, BLACKOUT,
+                                            REAL_CRASHY, REAL_BLACKOUT)}
 
 
 @dataclass(frozen=True)
@@ -170,6 +188,99 @@ class ToyReplica:
     def digest(self) -> int:
         return xxhash.xxh3_64_intdigest(repr((sorted(self.kv.items()), sorted(self.dedup.items()))).encode())
 
+    def read(self, key: str) -> tuple[Any, int]:
+        """(value or None, seq of the entry that wrote it)."""
+        return self.kv.get(key), self.written_seq.get(key, 0)
+
+
+# ------------------------------------------------------------ real apply
+
+SIM_BUCKET = "sim"
+GENESIS_REQUEST = b"genesis:create-bucket"
+
+
+def genesis_entry() -> Entry:
+    """Seq 1 of every real-apply run: CreateBucket, committed before any client starts."""
+    from common.seams import CreateBucket
+    from index import codec
+
+    payload = codec.encode_command(CreateBucket(SIM_BUCKET, "sim-owner", "us-east-1"), None, GENESIS_REQUEST, 1 << 62)
+    return Entry(1, 1, 1, GENESIS_REQUEST, (), payload)
+
+
+def real_payload(op: "ClientOp", incarnation: str) -> bytes:
+    """A client operation as the frontend would commit it (index/codec.py Command)."""
+    from common.seams import DeleteObject, IfMatch, IfNoneMatchStar, Inline, ObjectDraft, PutObject
+    from index import codec
+
+    if op.kind == "write" and op.value is None:
+        mutation, condition = DeleteObject(SIM_BUCKET, incarnation, op.key), None
+    else:
+        body = op.value.encode()
+        draft = ObjectDraft(size=len(body), etag=hashlib.md5(body).hexdigest(), body=Inline(body))
+        mutation = PutObject(SIM_BUCKET, incarnation, op.key, draft)
+        condition = None
+        if op.kind == "cas":
+            condition = (IfNoneMatchStar() if op.expected is None
+                         else IfMatch(hashlib.md5(op.expected.encode()).hexdigest()))
+    return codec.encode_command(mutation, condition, op.request_id, op.not_after)
+
+
+class IndexSimReplica:
+    """An index replica in miniature: index/apply.py over a MemoryView (I6 on the real apply)."""
+
+    def __init__(self) -> None:
+        from common.limits import DEFAULT_LIMITS
+        from index import apply
+        from index.state import MemoryView, Overlay
+
+        self.view = MemoryView()
+        overlay = Overlay(self.view)
+        apply.initial_state(overlay, partition=0, dedup_window_us=DEFAULT_LIMITS.DEDUP_WINDOW_MS * 1000,
+                            max_write_age_us=DEFAULT_LIMITS.MAX_WRITE_AGE_MS * 1000)
+        self.view.write(overlay.ops())
+        self.applied = 0
+        self.incarnation = ""
+        self.mutated: set[bytes] = set()             # request ids that changed this replica's state
+
+    def apply(self, entry) -> tuple[int, int, str]:
+        from index import apply
+        from index.state import Overlay
+
+        invariant(entry.seq == self.applied + 1, f"I1: apply of seq {entry.seq} after {self.applied}")
+        overlay = Overlay(self.view)
+        result = apply.apply_entry(overlay, apply.JournalEntry(entry.epoch, entry.seq, entry.time_us, entry.payload))
+        self.view.write(overlay.ops())
+        self.applied = entry.seq
+        outcome = result.outcome
+        if entry.request_id == GENESIS_REQUEST:
+            invariant(result.status == "OK" and outcome.bucket_incarnation, "the genesis CreateBucket failed")
+            self.incarnation = outcome.bucket_incarnation
+        if result.status == "OK" and outcome.seq == entry.seq:       # a fresh mutation, not a dedup hit
+            invariant(entry.request_id not in self.mutated,
+                      f"I6: request {entry.request_id!r} took effect twice")
+            self.mutated.add(entry.request_id)
+        if outcome is not None:
+            return outcome.seq, outcome.time_us, result.status
+        return entry.seq, entry.time_us, result.status
+
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        return list(self.view.scan(b"", None))
+
+    def digest(self) -> int:
+        hasher = xxhash.xxh3_64()
+        for key, value in self.view.scan(b"", None):                # iterated, not compared as files
+            hasher.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
+        return hasher.intdigest()
+
+    def read(self, key: str) -> tuple[Any, int]:
+        from index import reader
+
+        record, _ = reader.get_object(self.view, SIM_BUCKET, self.incarnation, key)
+        if record is None:
+            return None, 0
+        return record.body.data.decode(), record.seq
+
 
 # ------------------------------------------------------------ nodes and clients
 
@@ -179,14 +290,14 @@ class SimNode:
     disk: MemoryDisk
     log: LogStore
     acceptor_durable: AcceptorState
-    checkpoint: ToyReplica
+    checkpoint: Any                           # ToyReplica | IndexSimReplica: the replica's durable state
     skew_us: int
     alive: bool = True
     incarnation: int = 0
     core: ChainReplica | None = None
     acceptor: Acceptor | None = None
     proposer: Proposer | None = None
-    replica: ToyReplica | None = None
+    replica: Any = None
 
 
 @dataclass
@@ -234,13 +345,23 @@ class Simulation:
         initial = AcceptorState(NO_BALLOT, NO_BALLOT, config)
         self.latest_config = config
         self.nodes: dict[int, SimNode] = {}
+        genesis: list[Entry] = []
+        template: Any = ToyReplica()
+        if faults.real_apply:
+            genesis = [genesis_entry()]
+            template = IndexSimReplica()
+            template.apply(genesis[0])
+        self.incarnation = getattr(template, "incarnation", "")
         for node in NODES:
             disk = MemoryDisk()
             skew = self.rng.randint(-faults.clock_skew_us, faults.clock_skew_us)
-            sim_node = SimNode(node, disk, LogStore.open(disk, segment_bytes=2048), initial, ToyReplica(), skew)
+            log = LogStore.open(disk, segment_bytes=2048)
+            if genesis:
+                log.append(genesis)
+            sim_node = SimNode(node, disk, log, initial, copy.deepcopy(template), skew)
             sim_node.acceptor = Acceptor(initial)
-            sim_node.replica = ToyReplica()
-            sim_node.core = ChainReplica(node, config, [], 0, self.limits, restarted=False)
+            sim_node.replica = copy.deepcopy(template)
+            sim_node.core = ChainReplica(node, config, genesis, len(genesis), self.limits, restarted=False)
             self.nodes[node] = sim_node
             self._at(self.rng.randint(0, 1000), "tick", node, 0)
             self._at(self.rng.randint(0, 5000), "replica_sync", node, 0)
@@ -341,6 +462,15 @@ class Simulation:
                     tags.add((entry.epoch, entry.request_id))
             if len(tags) > 1:
                 self.fail(f"I1: logs disagree at committed seq {seq}: {tags}")
+        if self.faults.real_apply:                     # I6, pair for pair, at the end
+            by_seq: dict[int, tuple[int, list]] = {}
+            for n in live:
+                if n.replica is None:
+                    continue
+                pairs = n.replica.pairs()
+                first = by_seq.setdefault(n.replica.applied, (n.node, pairs))
+                if first[1] != pairs:
+                    self.fail(f"I6: replicas n{first[0]} and n{n.node} differ at applied seq {n.replica.applied}")
         result = check_history(self.history)
         if not result.ok:
             self.fail("I5: " + result.describe())
@@ -414,8 +544,8 @@ class Simulation:
             self._send(n, ("client", effect.client), effect)
         elif isinstance(effect, ReadValue):
             replica = node.replica
-            answer = ("VALUE", effect.read_id, replica.kv.get(effect.key), replica.applied,
-                      replica.written_seq.get(effect.key, 0), effect.config)
+            value, value_seq = replica.read(effect.key)
+            answer = ("VALUE", effect.read_id, value, replica.applied, value_seq, effect.config)
             self._send(n, ("client", effect.client), answer)
         elif isinstance(effect, TruncateSuffix):
             self._note(f"n{n}", "truncate suffix after", effect.after_seq)
@@ -631,8 +761,11 @@ class Simulation:
             cached = client.cache.get(op.key)
             message = Read(client.client, op.read_id, self.slot(op.key), cached[1] if cached else None, op.key)
         else:
-            payload = json.dumps({"op": "cas" if op.kind == "cas" else "put", "key": op.key, "value": op.value,
-                                  "expected": op.expected, "not_after": op.not_after}).encode()
+            if self.faults.real_apply:
+                payload = real_payload(op, self.incarnation)
+            else:
+                payload = json.dumps({"op": "cas" if op.kind == "cas" else "put", "key": op.key, "value": op.value,
+                                      "expected": op.expected, "not_after": op.not_after}).encode()
             message = Submit(client.client, op.request_id, (self.slot(op.key),), payload)
         self._send(("client", client.client), target, message)
         self._at(self.workload.client_retry_us, "client_timeout", client.client, op.invoke, op.attempts)
