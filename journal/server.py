@@ -34,7 +34,10 @@ Steps:
    and replica synced, `CLEAN_FILE` written last) resumes its role in its epoch
    with its witness floor at its highest seq — the whole dev cluster restarts this
    way; the marker is removed before it serves, so a later crash is never taken for
-   a clean stop. Any other restart rejoins through a new epoch (step 1).
+   a clean stop. Any other restart rejoins through a new epoch (step 1); several nodes
+   restarting at once (a whole-cluster crash) recover as journal/replica.py step 12 says.
+10. Test hook: CAIRN_CRASH_AT names crash points (journal/crashpoints.py) at which the
+   process exits as if SIGKILLed; unset, it is inert.
 8. Read (DESIGN §4): a READ frame names the key's witness slot and the as-of of the
    frontend's cached answer; the core answers CURRENT (the cache holds), TRY_OTHER,
    or — once applied >= the witness — ReadValue, which the Applier answers from one
