@@ -361,9 +361,11 @@ class MetadataStore(Protocol):
         self, mutation: Mutation, condition: Condition, request_id: bytes, not_after_us: int
     ) -> Outcome: ...
 
-    async def get(self, bucket: str, bucket_incarnation: str, key: str) -> ReadResult:
+    async def get(self, bucket: str, bucket_incarnation: str, key: str, *, fresh: bool = False) -> ReadResult:
         """The current version of `key` (None if absent). NoSuchBucket when the bucket
-        is absent or of another incarnation."""
+        is absent or of another incarnation. `fresh` skips any cached answer: a read
+        whose bytes were not where the placement said reads again (repair moves
+        shards without a witness raise, DESIGN §4 step 5)."""
 
     async def get_bucket(self, bucket: str) -> BucketRecord | None: ...
 

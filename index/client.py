@@ -105,10 +105,11 @@ class ClusterMetadataStore:
     def _slot(self, bucket: str, key: str = "") -> int:
         return slot_of(bucket, key, self.limits.WITNESS_SLOTS)
 
-    async def get(self, bucket: str, bucket_incarnation: str, key: str) -> ReadResult:
-        """Step 1–3 of DESIGN §4: send the cached entry's as-of; CURRENT serves the cache."""
+    async def get(self, bucket: str, bucket_incarnation: str, key: str, *, fresh: bool = False) -> ReadResult:
+        """Step 1–3 of DESIGN §4: send the cached entry's as-of; CURRENT serves the cache.
+        `fresh` sends none, so the node answers from its replica."""
         cache_key = (bucket, bucket_incarnation, key)
-        cached = self.cache.lookup(cache_key, (self.partition, 0))
+        cached = None if fresh else self.cache.lookup(cache_key, (self.partition, 0))
         request = index_pb2.ReadRequest(get_object=index_pb2.GetObjectRead(
             bucket=bucket, bucket_incarnation=bucket_incarnation, key=key))
         # The answer also depends on the bucket (absent or re-created means NoSuchBucket),

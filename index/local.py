@@ -77,7 +77,7 @@ class LocalIndex:
     def _as_of(self) -> AsOf:
         return (self.partition, 0, self.seq)
 
-    async def get(self, bucket: str, bucket_incarnation: str, key: str) -> ReadResult:
+    async def get(self, bucket: str, bucket_incarnation: str, key: str, *, fresh: bool = False) -> ReadResult:
         record, bucket_record = reader.get_object(self.view, bucket, bucket_incarnation, key)
         return ReadResult(record, self._as_of(), bucket_record)
 

@@ -568,7 +568,7 @@ class InMemoryMetadataStore:
     def _read_seq(self) -> AsOf:
         return (PARTITION, PARTITION_GENERATION, self._seq)
 
-    async def get(self, bucket: str, bucket_incarnation: str, key: str) -> ReadResult:
+    async def get(self, bucket: str, bucket_incarnation: str, key: str, *, fresh: bool = False) -> ReadResult:
         state = self._bucket(bucket, bucket_incarnation)
         current = state.objects.get(encode_key(key))
         return ReadResult(

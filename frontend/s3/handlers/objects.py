@@ -226,10 +226,20 @@ async def _read(services: Services, request: Request, *, head: bool) -> Response
     elif (request.headers.get("x-amz-checksum-mode", "") or "").upper() == "ENABLED":
         headers += checksum_headers(record.checksums, record.checksum_type)
     _apply_overrides(request, headers)
-    body = b"" if head else read_body(services, record.body, record.size, start, end)
+    body = b"" if head else read_body(services, record.body, record.size, start, end,
+                                      refresh=_refresher(services, bucket, request.key, record))
     if not head and isinstance(record.body, Inline):
         body = record.body.data[start:end]
     return Response(status=status, headers=headers, body=body, content_length=end - start)
+
+
+def _refresher(services: Services, bucket, key: str, record: ObjectRecord):
+    """The record read again, uncached, if it is still this version (else None)."""
+    async def refresh():
+        result = await services.meta.get(bucket.name, bucket.incarnation, key, fresh=True)
+        fresh = result.record
+        return fresh if fresh is not None and fresh.version_id == record.version_id else None
+    return refresh
 
 
 async def _read_part(services: Services, request: Request, record: ObjectRecord, *, head: bool) -> Response:

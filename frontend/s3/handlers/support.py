@@ -7,9 +7,10 @@ store, which is linearizable; a bucket's absence is never cached.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from common.checksums import Digests
+from common.errors import BlobCorrupt, BlobNotFound, ServiceUnavailable
 from common.ids import new_data_id, request_id
 from common.seams import BlobRef, BucketRecord, Inline, Multipart, ObjectRecord, Pairs
 from frontend.dataplane.body import Integrity, Payload
@@ -191,23 +192,59 @@ async def store_payload(
     return ref, ref.size, ref.md5_hex, stored
 
 
-async def read_body(services: Services, record_body, size: int, start: int, end: int) -> AsyncIterator[bytes]:
-    """Stream bytes `[start, end)` of an object's body."""
+_MOVED = (BlobNotFound, BlobCorrupt, ServiceUnavailable)
+
+
+async def read_body(services: Services, record_body, size: int, start: int, end: int,
+                    refresh: Callable[[], Awaitable[object]] | None = None) -> AsyncIterator[bytes]:
+    """Stream bytes `[start, end)` of an object's body.
+
+    A blob read that fails (shards not found, corrupt beyond decoding, too few disks)
+    may have used a stale placement: repair moves shards and deletes the old ones
+    without raising the witness, so a cached record can name them (DESIGN §4 step 5).
+    With `refresh` (the record read again, uncached), such a failure re-reads once and,
+    if the placement changed, goes on from the byte reached; otherwise it propagates."""
     if isinstance(record_body, Inline):
         if end > start:
             yield record_body.data[start:end]
         return
-    if isinstance(record_body, BlobRef):
-        if end > start:
-            async for chunk in services.blobs.read(record_body, start, end):
-                yield chunk
-        return
-    for part in record_body.parts:
-        part_start, part_end = part.offset, part.offset + part.size
-        if part_end <= start or part_start >= end or part.size == 0:
+    blobs = ([(0, record_body)] if isinstance(record_body, BlobRef)
+             else [(part.offset, part.blob) for part in record_body.parts])
+    position = start
+    for index, (blob_start, blob) in enumerate(blobs):
+        blob_end = blob_start + blob.size
+        if blob_end <= position or blob_start >= end or blob.size == 0:
             continue
-        async for chunk in services.blobs.read(part.blob, max(start, part_start) - part_start, min(end, part_end) - part_start):
-            yield chunk
+        while True:
+            try:
+                async for chunk in services.blobs.read(blob, position - blob_start, min(end, blob_end) - blob_start):
+                    position += len(chunk)
+                    yield chunk
+                break
+            except _MOVED:
+                moved = await _moved_blob(refresh, index, blob) if refresh is not None else None
+                refresh = None                      # one re-read per request
+                if moved is None:
+                    raise
+                blob = moved
+
+
+async def _moved_blob(refresh, index: int, blob: BlobRef) -> BlobRef | None:
+    """The same blob with another placement in the re-read record, else None."""
+    record = await refresh()
+    body = getattr(record, "body", None)
+    if isinstance(body, BlobRef):
+        candidates = [body]
+    elif isinstance(body, Multipart):
+        candidates = [part.blob for part in body.parts]
+    else:
+        return None
+    if index >= len(candidates):
+        return None
+    candidate = candidates[index]
+    if candidate.data_id != blob.data_id or candidate.placement == blob.placement:
+        return None
+    return candidate
 
 
 async def read_all(services: Services, record_body, size: int, start: int, end: int) -> bytes:
