@@ -119,6 +119,29 @@ def _store_specs(cluster: Path) -> list[ProcessSpec]:
     return specs
 
 
+async def _follow_layout(group: Supervisor, cluster: Path, interval_s: float = 1.0) -> None:
+    """`cairn disk add/remove` edits the layout: start a new shardstore, restart one whose
+    disks changed (the workers and repair reload the file themselves)."""
+    seen = cluster.stat().st_mtime_ns
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            mtime = cluster.stat().st_mtime_ns
+            if mtime == seen:
+                continue
+            seen = mtime
+            specs = _store_specs(cluster)
+        except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as error:
+            print(f"cairn dev: {cluster} changed but cannot be used: {error}; keeping the running layout",
+                  file=sys.stderr, flush=True)
+            continue
+        for spec in specs:
+            try:
+                await group.update(spec)
+            except Exception as error:  # noqa: BLE001 - a bad new store must not stop the cluster
+                print(f"cairn dev: could not start {spec.name}: {error}", file=sys.stderr, flush=True)
+
+
 async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Path, tls_cert: str | None,
                           tls_key: str | None, workers: int = DEV_WORKERS, process_per_disk: bool = False,
                           cluster_file: str | None = None) -> int:
@@ -171,7 +194,10 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
           f"{bytes_where}; {workers} frontend workers")
     print("Stop with Ctrl-C.")
     sys.stdout.flush()
+    follower = asyncio.ensure_future(_follow_layout(group, cluster)) if stores else None
     await stop.wait()
+    if follower is not None:
+        follower.cancel()
     await group.stop()
     listener.close()
     print("stopped", file=sys.stderr)

@@ -7,7 +7,10 @@
 2. while running, a child that exits unexpectedly is restarted after a backoff
    (doubling from RESTART_BACKOFF_S, reset once it has run for a while), with a
    log line saying so (`ProcessRestarted name=... exit=...`);
-3. on stop, every child gets SIGTERM, and SIGKILL after STOP_TIMEOUT_S.
+3. on stop, every child gets SIGTERM, and SIGKILL after STOP_TIMEOUT_S;
+4. `update(spec)` runs a changed child (the cluster's layout file changed): a child
+   of that name with another command line is stopped and comes back with the new
+   one (step 2); a new name is started and supervised.
 Children inherit stderr (their logs go where the supervisor's go); their stdout
 is read for the readiness line and then relayed line by line with a name prefix.
 """
@@ -127,6 +130,20 @@ class Supervisor:
                 await self._spawn(child)
             except ChildFailed as error:
                 log.error("RestartFailed name=%s error=%s", child.spec.name, error)
+
+    async def update(self, spec: ProcessSpec) -> None:
+        """Step 4."""
+        for child in self.children:
+            if child.spec.name == spec.name:
+                if child.spec.argv != spec.argv:
+                    log.info("ProcessChanged name=%s", spec.name)
+                    child.spec = spec
+                    await self._kill(child)          # its watcher starts it again with the new spec
+                return
+        child = _Child(spec)
+        self.children.append(child)
+        await self._spawn(child)
+        self._watchers.append(asyncio.ensure_future(self._watch(child)))
 
     def pid(self, name: str) -> int | None:
         for child in self.children:

@@ -59,3 +59,29 @@ def test_a_child_that_dies_before_ready_is_named():
             await group.start()
         await group.stop()
     asyncio.run(run())
+
+
+def test_update_restarts_a_changed_child_and_starts_a_new_one(monkeypatch):
+    """Step 4: the layout changed — one child's command line, and one more child."""
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_S", 0.05)
+    other = SLEEPER.replace("127.0.0.1:1", "127.0.0.1:2")
+
+    async def run():
+        group = Supervisor([ProcessSpec("store", [sys.executable, "-c", SLEEPER])])
+        await group.start()
+        first = group.pid("store")
+        await group.update(ProcessSpec("store", [sys.executable, "-c", SLEEPER]))     # unchanged: left alone
+        assert group.pid("store") == first
+        await group.update(ProcessSpec("store", [sys.executable, "-c", other]))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if group.pid("store") != first and group.children[0].ready_line == "127.0.0.1:2":
+                break
+        assert group.pid("store") != first and group.children[0].ready_line == "127.0.0.1:2"
+        await group.update(ProcessSpec("new", [sys.executable, "-c", SLEEPER]))
+        assert _alive(group.pid("new"))
+        pids = [group.pid("store"), group.pid("new")]
+        await group.stop()
+        await asyncio.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)
+    asyncio.run(run())
