@@ -72,9 +72,16 @@ async def _drain(store: ShardBlobStore, ref) -> int:
     return total
 
 
-def _large(label: str, meter: Meter, mib: float) -> str:
-    return (f"{label}: {mib / meter.wall:.0f} MiB/s; CPU per MiB: store {meter.own / mib * 1e3:.2f} ms, "
+def _large(label: str, meter: Meter, mib: float, store: ShardBlobStore | None = None) -> str:
+    line = (f"{label}: {mib / meter.wall:.0f} MiB/s; CPU per MiB: store {meter.own / mib * 1e3:.2f} ms, "
             f"nodes {meter.nodes / mib * 1e3:.2f} ms")
+    if store is not None:
+        counters = store.counters
+        line += (f"; stripes direct {counters['stripes_direct']}, decoded {counters['stripes_decoded']}, "
+                 f"hedges {counters['read_hedges']}")
+        for name in counters:
+            counters[name] = 0
+    return line
 
 
 def _small(label: str, meter: Meter, ops: int) -> str:
@@ -101,14 +108,14 @@ async def run(addresses: list[tuple[str, list[str]]], pids: list[int], objects: 
         with Meter(pids) as meter:
             for ref in refs:
                 assert await _drain(store, ref) == BIG
-        print(_large(f"64 MiB GET x {objects}, 1 stream", meter, objects * 64))
+        print(_large(f"64 MiB GET x {objects}, 1 stream", meter, objects * 64, store))
         # Four streams.
         with Meter(pids) as meter:
             more = await asyncio.gather(*(store.write(os.urandom(16), _body(payload), BIG, ()) for _ in range(4)))
         print(_large("64 MiB PUT x 4, 4 streams", meter, 4 * 64))
         with Meter(pids) as meter:
             await asyncio.gather(*(_drain(store, ref) for ref in more))
-        print(_large("64 MiB GET x 4, 4 streams", meter, 4 * 64))
+        print(_large("64 MiB GET x 4, 4 streams", meter, 4 * 64, store))
         # Degraded: the disks of data slots 0 and 1 down in the store's view.
         from common import blob_placement as bp
         placement = bp.decode_placement(refs[0].placement)
@@ -117,7 +124,7 @@ async def run(addresses: list[tuple[str, list[str]]], pids: list[int], objects: 
         store._refresh()
         with Meter(pids) as meter:
             assert await _drain(store, refs[0]) == BIG
-        print(_large(f"64 MiB GET, 1 stream, disks {sorted(lost)} (data slots 0, 1) down: decode", meter, 64))
+        print(_large(f"64 MiB GET, 1 stream, disks {sorted(lost)} (data slots 0, 1) down: decode", meter, 64, store))
         store.down -= lost
         store._refresh()
         for ref in refs + list(more):
@@ -154,7 +161,13 @@ async def run(addresses: list[tuple[str, list[str]]], pids: list[int], objects: 
         batches = sum(stat.commit_batches for stat in before.values())
         records = sum(stat.committed_records for stat in before.values())
         print(f"shardstore group commits so far: {records / max(batches, 1):.1f} records per fsync")
-        await asyncio.gather(*(store.delete(ref) for ref in small_refs))
+        gate = asyncio.Semaphore(32)         # thousands of deletes at once would starve the Stat rounds
+
+        async def delete(ref) -> None:
+            async with gate:
+                await store.delete(ref)
+
+        await asyncio.gather(*(delete(ref) for ref in small_refs))
     finally:
         await store.close()
 

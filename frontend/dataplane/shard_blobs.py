@@ -156,6 +156,9 @@ class ShardBlobStore:
         self._batchers: dict[DiskId, PutBatcher] = {}
         self._background: set[asyncio.Future] = set()
         self._monitor: asyncio.Task | None = None
+        # What reads did, for benchmarks and metrics: stripes served as stored, stripes
+        # decoded, and extra shard reads started by a hedge.
+        self.counters: dict[str, int] = {"stripes_direct": 0, "stripes_decoded": 0, "read_hedges": 0}
 
     # ================================================================ disks
 

@@ -150,6 +150,8 @@ class Reader:
             self.unreachable = True
             raise self._unreadable(layout.k, error.live) from None
         have: dict[int, Any] = {}
+        slow: set[int] = set()
+        carried: dict[asyncio.Future, int] = {}
         if not plan.decode:
             offset = layout.chunk_offset(stripe)
             tasks = {}
@@ -159,32 +161,41 @@ class Reader:
                     self._get(slot, layout.shard_index(stripe, slot), offset + lo, offset + hi)))
             done, pending = await asyncio.wait([task for *_, task in tasks.values()], timeout=self.hedge_s)
             if not pending and all(task.exception() is None for task in done):
+                self.store.counters["stripes_direct"] += 1
                 return [task.result() for *_, task in tasks.values()]
             for slot, (lo, hi, task) in tasks.items():
+                whole = lo == 0 and hi == layout.chunk_length(stripe, slot)
                 if task in pending:
-                    task.cancel()
-                    forget(task)
-                    excluded.add(slot)           # slow: decode around it (it may come back below)
+                    if whole:
+                        carried[task] = slot     # still useful: whichever k chunks come first win
+                    else:
+                        task.cancel()
+                        forget(task)
+                        slow.add(slot)           # a partial range: read whole later if need be
                 elif task.exception() is not None:
                     excluded.add(slot)
-                elif lo == 0 and hi == layout.chunk_length(stripe, slot):
+                elif whole:
                     have[slot] = task.result()  # a whole chunk: usable for the decode
-        return await self._decode(stripe, low, high, excluded, have)
+        return await self._recover(stripe, low, high, excluded, slow, have, carried)
 
-    async def _decode(self, stripe: int, low: int, high: int, excluded: set[int], have: dict[int, Any]) -> list:
+    async def _recover(self, stripe: int, low: int, high: int, excluded: set[int], slow: set[int],
+                       have: dict[int, Any], running: dict[asyncio.Future, int]) -> list:
+        """Whole chunks until the wanted data chunks are all in hand, or any k are
+        (then decode). `running` are whole-chunk reads already in flight and slower than
+        READ_HEDGE_MS: one more shard starts now, and one each READ_HEDGE_MS after."""
         layout = self.layout
         k, chunk = layout.k, layout.chunk_bytes
+        wanted = range(low // chunk, (high - 1) // chunk + 1)
         length = layout.chunk_length(stripe, layout.k)       # the parity (and padded) length
         offset = layout.chunk_offset(stripe)
         for slot in range(k):
             if layout.chunk_length(stripe, slot) == 0:
                 have[slot] = b""                # past the blob's end: zeros, known without a read
-        candidates = [slot for slot in self._order(range(layout.slots), excluded | set(have))]
-        # Slots excluded only for slowness come back last, rather than failing the read.
-        retry = [slot for slot in self._order(range(layout.slots), set(self.missing) | set(have))
-                 if slot in excluded]
+        busy = set(running.values())
+        candidates = self._order(range(layout.slots), excluded | slow | set(have) | busy)
+        retry = [slot for slot in self._order(range(layout.slots), set(self.missing) | set(have) | busy)
+                 if slot in slow]                # slow partial reads come back last, rather than failing
         failed: set[int] = set()
-        running: dict[asyncio.Future, int] = {}
 
         def launch() -> bool:
             for queue in (candidates, retry):
@@ -197,16 +208,21 @@ class Reader:
                     return True
             return False
 
+        def complete() -> bool:
+            return len(have) >= k or all(slot in have for slot in wanted)
+
+        hedge_now = bool(running)
         try:
-            while len(have) < k:
+            while not complete():
                 while len(have) + len(running) < k and launch():
                     pass
+                if hedge_now and launch():
+                    self.store.counters["read_hedges"] += 1
+                hedge_now = False
                 if not running:
                     raise self._unreadable(k, len(have))
                 done, _ = await asyncio.wait(running, timeout=self.hedge_s, return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    launch()                     # a hedge: one more shard
-                    continue
+                hedge_now = not done
                 for task in done:
                     slot = running.pop(task)
                     if task.cancelled() or task.exception() is not None:
@@ -217,10 +233,15 @@ class Reader:
             for task in running:
                 task.cancel()
                 forget(task)
-        shards = {slot: _padded(data, length) for slot, data in have.items()}
-        data = await asyncio.to_thread(self.store.code.decode, shards, length)
+        if all(slot in have for slot in wanted):
+            self.store.counters["stripes_direct"] += 1
+            data = have
+        else:
+            self.store.counters["stripes_decoded"] += 1
+            shards = {slot: _padded(chunk_data, length) for slot, chunk_data in have.items()}
+            data = dict(enumerate(await asyncio.to_thread(self.store.code.decode, shards, length)))
         pieces = []
-        for slot in range(low // chunk, (high - 1) // chunk + 1):
+        for slot in wanted:
             lo, hi = max(low, slot * chunk) - slot * chunk, min(high, (slot + 1) * chunk) - slot * chunk
             pieces.append(memoryview(data[slot])[lo:hi])
         return pieces
