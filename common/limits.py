@@ -74,6 +74,12 @@ class Limits:
     BLOB_READ_PREFETCH_STRIPES: int = 2         # stripes a GET fetches ahead of the one it yields
     SMALL_PUT_BATCH_MAX: int = 64               # small shards per put_many call to one disk
     SMALL_PUT_BATCH_MAX_BYTES: int = 8 * MiB    # ... and their bytes
+    # Garbage and repair (DESIGN §14: index/reaper.py, index/sweep.py, index/repair.py, index/maintain.py).
+    REAP_INTERVAL_MS: int = 10_000              # between reaper passes over the reap queue
+    SWEEP_INTERVAL_MS: int = 3600 * 1000        # between orphan sweeps of every disk
+    REPAIR_INTERVAL_MS: int = 10_000            # between repair passes (DEGRADED, out disks, scrub findings)
+    MAINTENANCE_PAGE: int = 1000                # reap queue entries, R entries, listed shards per read
+    REPAIR_PROGRESS_EVERY: int = 100            # repair logs a progress line every this many objects
 
     def __post_init__(self) -> None:
         problems = []
@@ -104,6 +110,10 @@ class Limits:
             problems.append("need HOT_FACTOR >= 1, positive DISK_STAT_INTERVAL_MS, SHARD_CALL_TIMEOUT_MS, "
                             "BLOB_READ_PREFETCH_STRIPES, SMALL_PUT_BATCH_MAX, and "
                             "SMALL_PUT_BATCH_MAX_BYTES >= SMALL_OBJECT_MAX")
+        if not (self.REAP_INTERVAL_MS > 0 and self.SWEEP_INTERVAL_MS > 0 and self.REPAIR_INTERVAL_MS > 0
+                and 1 <= self.MAINTENANCE_PAGE <= self.SHARD_LIST_MAX and self.REPAIR_PROGRESS_EVERY >= 1):
+            problems.append("need positive REAP/SWEEP/REPAIR_INTERVAL_MS, MAINTENANCE_PAGE in 1..SHARD_LIST_MAX "
+                            "and REPAIR_PROGRESS_EVERY >= 1")
         if problems:
             raise ValueError("invalid limits: " + "; ".join(problems))
 
