@@ -101,6 +101,7 @@ _DOMAIN_TO_S3: dict[type[domain.StoreError], type[S3Error]] = {
     domain.Expired: ServiceUnavailable,
     domain.WriteExpired: ServiceUnavailable,
     domain.OutcomeUnknown: ServiceUnavailable,
+    domain.ServiceUnavailable: ServiceUnavailable,
     domain.BlobNotFound: InternalError,
     domain.BlobCorrupt: InternalError,
 }
@@ -118,7 +119,10 @@ _NAME_FIELD: dict[type[domain.StoreError], str] = {
 
 def from_store_error(error: domain.StoreError) -> S3Error:
     """The S3 error a client sees for a store refusal."""
-    field = _NAME_FIELD.get(type(error))
+    kind = next((cls for cls in type(error).__mro__ if cls in _DOMAIN_TO_S3), None)
+    if kind is None:                       # a refusal this table does not know yet: never a crash
+        return InternalError()
+    field = _NAME_FIELD.get(kind)
     if field is not None and error.args and isinstance(error.args[0], str):
-        return _DOMAIN_TO_S3[type(error)](**{field: error.args[0]})
-    return _DOMAIN_TO_S3[type(error)]()
+        return _DOMAIN_TO_S3[kind](**{field: error.args[0]})
+    return _DOMAIN_TO_S3[kind]()

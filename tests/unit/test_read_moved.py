@@ -85,3 +85,18 @@ def test_without_a_move_the_failure_propagates_and_only_one_reread_happens():
     with pytest.raises(BlobNotFound):
         _collect(read_body(services, ref, len(DATA), 0, len(DATA), moved_but_gone_too))
     assert calls == [1, 2]
+
+
+def test_every_store_refusal_maps_to_an_s3_error():
+    """The error boundary turns each StoreError into an S3 answer; a blob the disks
+    cannot serve or take right now is 503 ServiceUnavailable, so SDKs retry."""
+    import inspect
+
+    from common import errors as domain
+    from frontend.s3 import errors
+
+    for name, cls in inspect.getmembers(domain, inspect.isclass):
+        if issubclass(cls, domain.StoreError) and cls is not domain.StoreError:
+            assert isinstance(errors.from_store_error(cls("x")), errors.S3Error), name
+    answer = errors.from_store_error(domain.ServiceUnavailable("2 of 6 shards written, need 5"))
+    assert answer.status == 503 and answer.code == "ServiceUnavailable"
