@@ -13,6 +13,7 @@ SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import sys
@@ -20,7 +21,7 @@ import time
 import tomllib
 
 from common import config as configuration
-from common.layout import DataLayout, parse_layout
+from common.layout import DataLayout, LayoutWatcher, parse_layout
 from common.limits import Limits
 from frontend.dataplane.file_blobs import FileBlobStore
 from frontend.server import build_app, serve
@@ -33,16 +34,55 @@ def _clock_us() -> int:
     return time.time_ns() // 1000
 
 
-def shard_blob_store(layout: DataLayout, limits: Limits):
-    """The cluster BlobStore over the layout's disks: one ShardClient per shardstore
-    process, each disk in its failure domain; EC parameters from the layout."""
-    from frontend.dataplane.shard_blobs import DiskSpec, ShardBlobStore
-    from shardstore.client import ShardClient
+class LayoutFollower:
+    """The cluster BlobStore over the layout's disks, kept in step with the layout file:
+    one ShardClient per shardstore process (by name and address), each disk in its
+    failure domain, EC parameters from the layout; disks added or marked out by
+    `cairn disk` reach the store within a second."""
 
-    limits = dataclasses.replace(limits, EC_K=layout.k, EC_M=layout.m)
-    clients = {store.name: ShardClient(store.data_address, limits=limits) for store in layout.stores}
-    disks = {disk.id: DiskSpec(clients[disk.store], disk.domain) for disk in layout.disks()}
-    return ShardBlobStore(disks, limits=limits)
+    def __init__(self, path: str, layout: DataLayout, limits: Limits) -> None:
+        from frontend.dataplane.shard_blobs import ShardBlobStore
+
+        self.path = path
+        self.watcher = LayoutWatcher(path)
+        self.limits = dataclasses.replace(limits, EC_K=layout.k, EC_M=layout.m)
+        self.clients: dict[tuple[str, str], object] = {}
+        self.blobs = ShardBlobStore(self._disks(layout), limits=self.limits)
+        self._task: asyncio.Task | None = None
+
+    def _disks(self, layout: DataLayout) -> dict:
+        from frontend.dataplane.shard_blobs import DiskSpec
+        from shardstore.client import ShardClient
+
+        disks = {}
+        for disk in layout.disks(include_out=True):
+            key = (disk.store, disk.data_address)
+            if key not in self.clients:
+                self.clients[key] = ShardClient(disk.data_address, limits=self.limits)
+            disks[disk.id] = DiskSpec(self.clients[key], disk.domain)
+        return disks
+
+    async def start(self) -> None:
+        self.blobs.set_layout(self._disks(self.watcher.layout),
+                              [disk.id for disk in self.watcher.layout.disks(include_out=True) if disk.state != "in"])
+        await self.blobs.start()
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.watcher.poll() and self.watcher.layout is not None:
+                layout = self.watcher.layout
+                self.blobs.set_layout(self._disks(layout),
+                                      [disk.id for disk in layout.disks(include_out=True) if disk.state != "in"])
+            elif self.watcher.error:
+                logging.getLogger("cairn.frontend").warning("LayoutUnusable %s", self.watcher.error)
+                self.watcher.error = None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.blobs.close()
 
 
 async def run(arguments: argparse.Namespace) -> int:
@@ -53,9 +93,11 @@ async def run(arguments: argparse.Namespace) -> int:
     nodes = {node.id: (node.host, node.port) for node in cluster.nodes}
     transport = JournalTransport(nodes, commit_deadline_s=config.limits.COMMIT_DEADLINE_MS / 1000)
     meta = ClusterMetadataStore(transport, limits=config.limits, clock_us=_clock_us)
+    follower = None
     if layout is not None:
-        blobs = shard_blob_store(layout, config.limits)
-        await blobs.start()
+        follower = LayoutFollower(arguments.cluster, layout, config.limits)
+        await follower.start()
+        blobs = follower.blobs
     else:
         blobs = FileBlobStore(arguments.data_dir)
     app = build_app(config, meta, blobs, _clock_us)
@@ -69,7 +111,7 @@ async def run(arguments: argparse.Namespace) -> int:
                     listen_fd=arguments.fd)
     finally:
         await meta.close()
-        await blobs.close()
+        await (follower.close() if follower is not None else blobs.close())
     return 0
 
 

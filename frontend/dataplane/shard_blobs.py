@@ -148,6 +148,7 @@ class ShardBlobStore:
         self.clock_us = clock_us
         self.timeout_s = limits.SHARD_CALL_TIMEOUT_MS / 1000
         self.down: set[DiskId] = set(self.disks)        # up once a Stat answers
+        self.out: set[DiskId] = set()                   # removed for good: never placed on nor read
         self._known: dict[DiskId, Disk] = {
             disk: Disk(disk_id=disk, host=spec.host, capacity_bytes=1, up=False) for disk, spec in self.disks.items()}
         self.disk_map = self._build_map()
@@ -207,8 +208,24 @@ class ShardBlobStore:
         await asyncio.gather(*(one(disk) for disk in self.disks))
         self._refresh()
 
+    def set_layout(self, layout: Mapping[str, DiskSpec], out: Iterable[str] = ()) -> None:
+        """The layout changed (`cairn disk add/remove`): new disks join, down until their
+        first Stat answers; disks marked out count as down from now on — nothing is
+        placed on them and reads decode around them while repair moves their shards."""
+        for disk, spec in layout.items():
+            if DiskId(disk) not in self.disks:
+                log.info("DiskAdded disk=%s", disk)
+                self.disks[DiskId(disk)] = spec
+                self.down.add(DiskId(disk))
+                self._known[DiskId(disk)] = Disk(disk_id=DiskId(disk), host=spec.host, capacity_bytes=1, up=False)
+        for disk in set(out) - self.out:
+            log.info("DiskOut disk=%s", disk)
+        self.out = {DiskId(disk) for disk in out}
+        self._refresh()
+
     def _build_map(self) -> DiskMap:
-        return DiskMap((replace(disk, up=disk.disk_id not in self.down) for disk in self._known.values()),
+        return DiskMap((replace(disk, up=disk.disk_id not in self.down and disk.disk_id not in self.out)
+                        for disk in self._known.values()),
                        reserve_fraction=self.limits.DISK_RESERVE_FRACTION)
 
     def _refresh(self) -> None:
