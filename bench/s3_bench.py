@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.s3_bench                       # everything, ~1.5 minutes
     .venv/bin/python -m bench.s3_bench -w put4k16,get4k16 -d 8
     .venv/bin/python -m bench.s3_bench --profile /tmp/prof   # py-spy each workload's server
+    .venv/bin/python -m bench.s3_bench --cluster --process-per-disk -w put64m,put64m4,get64m,get64mdeg
 
 Workloads (names for --workloads):
   put64m, get64m      one 64 MiB object, single stream: MiB/s
@@ -10,6 +11,9 @@ Workloads (names for --workloads):
                       4 KiB / 64 KiB objects over 1,024 keys, 16 or 64 requests in
                       flight (one persistent connection each): ops/s, p50/p99
   list                ListObjectsV2 over 10,000 keys in pages of 1,000: keys/s
+  any putSIZE[N] / getSIZE[N]   SIZE 4k, 64k or 64m with N in flight (put64m4: four streams)
+  get64mdeg           (--cluster --process-per-disk) GET 64 MiB with the two disks holding
+                      its data slots 0 and 1 SIGKILLed: every stripe decoded
 
 The load generator (bench/loadgen.py) runs in this process on uvloop: raw HTTP/1.1
 over persistent connections, SigV4 with UNSIGNED-PAYLOAD signed before the timed
@@ -21,8 +25,8 @@ A failed check is reported and makes the exit status non-zero.
 Each workload reports its CPU — the server process's (all threads, /proc/PID/stat)
 and this generator's — per op (or per listed key) and per MiB, and how many cores
 each kept busy; `other` is the rest of the machine (other people's runs), which is
-what makes absolute rates noisy on a shared box. Goals (issue 3, on a quiet
-2-core box, generator included) are checked at the end.
+what makes absolute rates noisy on a shared box. Goals (issues 3, 6 and 7, on a
+quiet 2-core box, generator included) are checked at the end.
 """
 
 from __future__ import annotations
@@ -61,8 +65,13 @@ GOALS = {  # workload -> (minimum, unit) on a quiet 2-core box, generator includ
     "put4k16": (4000, "ops/s"), "get4k16": (5000, "ops/s"),
     "put64m": (250, "MiB/s"), "get64m": (1500, "MiB/s"), "list": (100_000, "keys/s"),
 }
+CLUSTER_GOALS = {  # issue 6 and 7 goals through S3 on the cluster (--cluster)
+    "put4k64": (2500, "ops/s"), "get4k64": (4000, "ops/s"),
+    "put64m": (250, "MiB/s"), "put64m4": (350, "MiB/s"), "get64m": (900, "MiB/s"), "get64mdeg": (700, "MiB/s"),
+    "put64k32": (1500, "ops/s"), "get64k32": (3500, "ops/s"), "list": (100_000, "keys/s"),
+}
 
-_WORKLOAD = re.compile(r"^(put|get)(4k|64k|64m)(\d*)$")
+_WORKLOAD = re.compile(r"^(put|get)(4k|64k|64m)(\d*)(deg)?$")
 
 
 # ------------------------------------------------------------------ the server
@@ -323,8 +332,12 @@ async def run(arguments: argparse.Namespace, server: Server) -> list[Result]:
             if workload == "list":
                 result = await run_list(ctx)
             else:
-                method, size_name, depth = _WORKLOAD.match(workload).groups()
-                result = await run_rw(ctx, workload, method.upper(), size_name, int(depth or 1))
+                method, size_name, depth, degraded = _WORKLOAD.match(workload).groups()
+                if degraded:
+                    async with two_data_disks_down(ctx):
+                        result = await run_rw(ctx, workload, method.upper(), size_name, int(depth or 1))
+                else:
+                    result = await run_rw(ctx, workload, method.upper(), size_name, int(depth or 1))
             ctx.results.append(result)
             row = result.as_dict()
             print(format_table([row]).splitlines()[-1], flush=True)
@@ -336,6 +349,73 @@ async def run(arguments: argparse.Namespace, server: Server) -> list[Result]:
     finally:
         await close_connections(connections)
     return ctx.results
+
+
+class two_data_disks_down:
+    """`...deg` workloads (--cluster --process-per-disk): SIGKILL the shardstore processes
+    holding data slots 0 and 1 of the newest 64 MiB object (found by listing every
+    disk), with the supervisor SIGSTOPped so nothing restarts until the workload ends;
+    then SIGCONT it and wait until every disk is back."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def __aenter__(self):
+        from common.layout import load_layout
+        from shardstore.client import ShardClient
+
+        layout = load_layout(str(self.ctx.server.log_path.parent / "cluster.toml"))
+        if layout is None or len(layout.stores) != len(layout.disks()):
+            raise SystemExit("degraded workloads need --cluster --process-per-disk")
+        width = layout.k + layout.m
+        newest: dict[int, tuple[bytes, str]] = {}
+        for disk in layout.disks():
+            client = ShardClient(disk.data_address)
+            try:
+                shards, _ = await client.list(disk.id, limit=100_000, timeout_s=10)
+            finally:
+                await client.close()
+            for info in shards:
+                if info.length >= MiB:
+                    slot = info.id.shard_index % width
+                    if slot not in newest or info.id.data_id > newest[slot][0]:
+                        newest[slot] = (info.id.data_id, disk.id)
+        victims = {newest[0][1], newest[1][1]}
+        supervisor = self.ctx.server.pid
+        self.stores = {pid: argv for pid, argv in _children_argv(supervisor).items() if "shardstore.main" in argv}
+        os.kill(supervisor, signal.SIGSTOP)
+        for pid, argv in self.stores.items():
+            if any(part.startswith(f"{disk}=") for disk in victims for part in argv):
+                os.kill(pid, signal.SIGKILL)
+        print(f"  (disks {', '.join(sorted(victims))}, holding data slots 0 and 1, SIGKILLed)", flush=True)
+        await asyncio.sleep(1.5)                  # the workers' Stat round marks them down
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        supervisor = self.ctx.server.pid
+        os.kill(supervisor, signal.SIGCONT)
+        for _ in range(150):
+            await asyncio.sleep(0.2)
+            if len([argv for argv in _children_argv(supervisor).values() if "shardstore.main" in argv]) == \
+                    len(self.stores):
+                break
+        await asyncio.sleep(1.5)
+
+
+def _children_argv(parent: int) -> dict[int, list[str]]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) != parent:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                found[int(entry)] = cmdline.read().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def parse_workloads(text: str) -> list[str]:
@@ -366,8 +446,11 @@ def main(argv: list[str] | None = None) -> int:
                              "quote rates from a profiled run")
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--cluster", action="store_true",
-                        help="benchmark `cairn dev` on the metadata cluster (3 metadata nodes, 2 frontend workers, "
-                             "file blobs); default: the in-memory single-process server, which isolates the S3 layer")
+                        help="benchmark `cairn dev`, the whole cluster (3 metadata nodes, 6 disks RS 4+2, 2 frontend "
+                             "workers); default: the in-memory single-process server, which isolates the S3 layer")
+    parser.add_argument("--process-per-disk", action="store_true",
+                        help="with --cluster: one shardstore process per disk (needed by the ...deg workloads, "
+                             "which SIGKILL the processes of two data disks)")
     parser.add_argument("--server-command", help="start this instead of `cairn dev --port 0 --data-dir DIR` "
                                                  "(it must print the same endpoint/access key/secret key lines)")
     arguments = parser.parse_args(argv)
@@ -381,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--data-dir", data_dir]
             if not arguments.cluster:
                 command.append("--memory")
+            elif arguments.process_per_disk:
+                command.append("--process-per-disk")
         server = start_server(command, Path(data_dir))
         print(f"server: {' '.join(command)} (pid {server.pid}) at {server.host}:{server.port}", flush=True)
         print("generator: this process, uvloop, one persistent HTTP/1.1 connection per request in flight, "
@@ -407,8 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server peak RSS: {rss}")
     failed = sum(row["errors"] for row in rows)
     print("\ngoals (quiet standard 2-core box, generator included):")
+    goals = CLUSTER_GOALS if arguments.cluster else GOALS
     for row in rows:
-        goal = GOALS.get(row["name"])
+        goal = goals.get(row["name"])
         if goal is None:
             continue
         minimum, unit = goal
