@@ -29,6 +29,8 @@ test-deep: $(STAMP)  ## longer hypothesis profiles and crash storms
 bench: $(STAMP)  ## the benchmarks, with the machine they ran on
 	$(BIN)/python -m bench.s3_bench $(ARGS)
 	$(BIN)/python -m bench.s3_bench --cluster -w put4k64,get4k64,put64k32,get64k32,list
+	$(BIN)/python -m bench.s3_bench --cluster --process-per-disk -w put64m,put64m4,get64m,get64mdeg
+	$(BIN)/python -m bench.ec_blob_bench
 	$(BIN)/python -m bench.journal_bench
 	$(BIN)/python -m bench.shardstore_bench
 	$(BIN)/python -m bench.erasure_bench
