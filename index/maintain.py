@@ -51,7 +51,7 @@ def _clock_us() -> int:
     return time.time_ns() // 1000
 
 
-def build_blob_store(layout: DataLayout, limits: Limits) -> ShardBlobStore:
+def build_blob_store(layout: DataLayout, limits: Limits, clock_us=_clock_us) -> ShardBlobStore:
     """A BlobStore over every disk of `layout` (out ones too), one client per shardstore process."""
     clients: dict[str, ShardClient] = {}
     specs = {}
@@ -60,12 +60,13 @@ def build_blob_store(layout: DataLayout, limits: Limits) -> ShardBlobStore:
         if client is None:
             client = clients[disk.data_address] = ShardClient(disk.data_address, limits=limits)
         specs[disk.id] = DiskSpec(client, disk.domain)
-    return ShardBlobStore(specs, limits=limits, clock_us=_clock_us)
+    return ShardBlobStore(specs, limits=limits, clock_us=clock_us)
 
 
 class Maintainer:
-    def __init__(self, meta, watcher: LayoutWatcher, limits: Limits) -> None:
+    def __init__(self, meta, watcher: LayoutWatcher, limits: Limits, clock_us=_clock_us) -> None:
         self.meta = meta
+        self.clock_us = clock_us
         self.watcher = watcher
         self.limits = limits
         self.store: ShardBlobStore | None = None
@@ -73,7 +74,7 @@ class Maintainer:
         self._retired: list[ShardBlobStore] = []
 
     async def start(self) -> None:
-        self.store = build_blob_store(self.watcher.layout, self.limits)
+        self.store = build_blob_store(self.watcher.layout, self.limits, self.clock_us)
         await self.store.start()
 
     def _disk_set(self, layout: DataLayout) -> set[tuple[str, str]]:
@@ -89,7 +90,7 @@ class Maintainer:
         log.info("LayoutReloaded disks=%d out=%d", len(self.watcher.layout.disks(include_out=True)),
                  len(self.watcher.layout.disks(include_out=True)) - len(self.watcher.layout.disks()))
         if self._disk_set(self.watcher.layout) != before:
-            fresh = build_blob_store(self.watcher.layout, self.limits)
+            fresh = build_blob_store(self.watcher.layout, self.limits, self.clock_us)
             await fresh.start()
             self._retired.append(self.store)
             self.store = fresh
@@ -106,11 +107,12 @@ class Maintainer:
         self._users[id(store)] = self._users.get(id(store), 0) + 1
         try:
             if kind == "reaper":
-                return await Reaper(self.meta, store, limits=self.limits).run_once()
+                return await Reaper(self.meta, store, limits=self.limits, clock_us=self.clock_us).run_once()
             if kind == "sweep":
                 disks = {disk: spec.client for disk, spec in store.disks.items()}
-                return await Sweep(self.meta, disks, limits=self.limits).run_once()
-            return await Repair(self.meta, store, self.watcher.layout, limits=self.limits).run_once()
+                return await Sweep(self.meta, disks, limits=self.limits, clock_us=self.clock_us).run_once()
+            return await Repair(self.meta, store, self.watcher.layout, limits=self.limits,
+                                clock_us=self.clock_us).run_once()
         finally:
             self._users[id(store)] -= 1
             await self._close_retired()

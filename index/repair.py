@@ -25,7 +25,8 @@ One pass:
 5. Commit `ReplacePlacement(data_id, expected=old placement, placement=new,
    began_us)`: the new disks, no missing slots, durability recomputed, generation
    + 1, written_us = began_us. A CAS: PreconditionFailed (overwritten, deleted or
-   repaired meanwhile) or WriteExpired -> delete every shard this repair wrote. An
+   repaired meanwhile), WriteExpired or Expired -> delete every shard this repair
+   wrote. An
    unknown outcome leaves them: if the CAS did not apply they are unplaced and the
    sweep deletes them after MAX_WRITE_AGE.
 6. After the commit, delete the shards the bad slots held on their old disks when
@@ -50,7 +51,7 @@ from typing import Callable
 
 from common import blob_placement as bp
 from common.erasure import Code, stripe_chunks
-from common.errors import OutcomeUnknown, PreconditionFailed, WriteExpired
+from common.errors import Expired, OutcomeUnknown, PreconditionFailed, WriteExpired
 from common.framing import ConnectionLost, DeadlineExceeded
 from common.layout import OUT, DataLayout
 from common.limits import DEFAULT_LIMITS, Limits
@@ -263,7 +264,7 @@ class Repair:
         try:                                                                       # step 5
             await self.meta.commit(ReplacePlacement(ref.data_id, ref.placement, bp.encode_placement(new), began_us),
                                    None, fresh_request_id("ReplacePlacement"), not_after_us)
-        except (PreconditionFailed, WriteExpired) as error:
+        except (PreconditionFailed, WriteExpired, Expired) as error:      # decisively not applied
             log.info("RepairLostCas data_id=%s refusal=%s: deleting the %d shards it wrote", ref.data_id.hex(),
                      type(error).__name__, len(written))
             await self._delete(written)

@@ -390,3 +390,48 @@ def test_a_cas_lost_to_a_concurrent_overwrite_deletes_what_repair_wrote(tmp_path
             "displaced, on its old placement: the reaper's now"
 
     run(tmp_path, scenario)
+
+
+# ---------------------------------------------------------------------- the maintain process and cairn disk/status
+
+
+def test_disk_remove_reaches_a_running_maintainer_and_status_reports_the_disks(tmp_path):
+    """`cairn disk remove` edits the cluster TOML; the maintainer reloads it, repair
+    moves the shards off the disk; `cairn status` shows the disk out and every disk up."""
+    from common.layout import LayoutWatcher
+    from deploy import admin
+    from index.maintain import Maintainer
+
+    async def scenario(c: Cluster):
+        lines = ["[[nodes]]", "id = 0", 'host = "127.0.0.1"', "port = 1", 'data_dir = "/tmp/n0"',
+                 "[[nodes]]", "id = 1", 'host = "127.0.0.1"', "port = 2", 'data_dir = "/tmp/n1"',
+                 "[data]", f"ec_k = {K}", f"ec_m = {M}"]
+        for store in c.layout_table["shardstores"]:
+            lines += ["[[shardstores]]", f'name = "{store["name"]}"', f'host = "{store["host"]}"',
+                      f'data_address = "{store["data_address"]}"']
+            for disk in store["disks"]:
+                lines += ["[[shardstores.disks]]", f'id = "{disk["id"]}"', f'path = "{disk["path"]}"']
+        path = tmp_path / "cluster.toml"
+        path.write_text("\n".join(lines) + "\n")
+        ref, data = await c.write(STRIPE + 1)
+        await c.put("k", ref)
+        maintainer = Maintainer(c.meta, LayoutWatcher(str(path)), LIMITS, clock_us=c.clock)
+        await maintainer.start()
+        try:
+            assert (await maintainer.one_pass("repair")).objects == 0
+            out = bp.decode_placement(ref.placement).disks[0]
+            os.utime(path, ns=(1, 1))                       # the edit below must change the mtime
+            print(admin.remove_disk(str(path), out))
+            await maintainer.poll_layout()
+            result = await maintainer.one_pass("repair")
+            assert result.repaired == 1
+            assert out not in bp.decode_placement((await c.current("k")).placement).disks
+            assert await c.read(await c.current("k")) == data
+            report = await admin.status_report(str(path), 0.5)
+            row = next(line for line in report.splitlines() if line.strip().startswith(out + " "))
+            assert " out " in row and " up " in row
+            assert "objects below full redundancy: unknown" in report   # no metadata node listens here
+        finally:
+            await maintainer.close()
+
+    run(tmp_path, scenario)
