@@ -44,6 +44,12 @@ Epochs and rejoin (DESIGN §6, first version):
 10. Retention: every node truncates its log below min(durable applied seq of all
     current members) - RETENTION_ENTRIES (TruncatePrefix).
 
+Reads (DESIGN §4):
+11. W = witness(slot) (max of the slot's value and the floor). as_of >= W ->
+    CURRENT; applied >= W -> ReadValue (the shell answers from one snapshot with
+    its applied seq); else wait until applied >= W, at most READ_WAIT, then TRY_OTHER.
+    A node not serving answers TRY_OTHER.
+
 Recovery after double and whole-cluster failures (the head-recovery step):
 12. Rule. The chain is always all three nodes, and an entry is committed only once
     durable on the tail after the tail synced (step 8), i.e. on every node of the
@@ -74,12 +80,12 @@ Recovery after double and whole-cluster failures (the head-recovery step):
         reads throughout, and heads the recovered chain.
     (d) Epochs fence old roles: every message carries the epoch, older ones are
         refused, so a node acting in an old epoch cannot commit beside the new chain.
-
-Reads (DESIGN §4):
-11. W = witness(slot) (max of the slot's value and the floor). as_of >= W ->
-    CURRENT; applied >= W -> ReadValue (the shell answers from one snapshot with
-    its applied seq); else wait until applied >= W, at most READ_WAIT, then TRY_OTHER.
-    A node not serving answers TRY_OTHER.
+    (e) Until it serves, a restarted head answers writes "retry" (the client keeps
+        the request id) and reads TRY_OTHER; nothing it holds is visible before
+        it is committed on all three.
+    The argument rests on "the chain is every node": once members can be removed
+    (a later issue), a chain shorter than the cluster commits without the removed
+    node, and the recovering head must then come from the last chain's members.
 
 Invariants (checked with invariant()): seqs dense; committed <= durable on every
 node that could have it; apply in seq order, only committed entries; a suffix is
