@@ -21,7 +21,6 @@ the workers — is one fake clock the test advances, with shrunk limits.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
