@@ -68,8 +68,8 @@ def _every_process(dev: Dev) -> list[int]:
 def _freeze_and_kill_everything(dev: Dev) -> list[int]:
     """SIGSTOP the supervisor and every child of this data dir, then SIGKILL them all: the kill
     lands at one instant, with nothing restarted in between."""
-    pids = sorted(set([dev.process.pid] + _every_process(dev)))
-    for pid in pids:
+    pids = [dev.process.pid] + [pid for pid in _every_process(dev) if pid != dev.process.pid]
+    for pid in pids:                                     # the supervisor first: it restarts nothing after
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
     for pid in pids:
@@ -83,6 +83,18 @@ def _freeze_and_kill_everything(dev: Dev) -> list[int]:
     while _every_process(dev) and time.monotonic() < deadline:
         time.sleep(0.05)
     return pids
+
+
+@pytest.fixture(autouse=True)
+def _no_process_survives(tmp_path):
+    """After the cluster fixtures' own stop (torn down before this one): SIGKILL any process
+    still naming this test's data dir — shardstores too, which Dev.stop does not look for."""
+    yield
+    probe = Dev(tmp_path / "cairn")
+    for pid in _every_process(probe):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
 
 
 class UniqueWriter:
