@@ -1,4 +1,4 @@
-"""Cluster BlobStore benchmark: frontend/dataplane/shard_blobs.py over six real shardstore
+"""Cluster BlobStore benchmark: shardstore/blobstore.py over six real shardstore
 disks in two `cairn shardstore` processes (three disks each, on tmp dirs), reached on
 the framed data protocol; the store runs in this process on uvloop, with the default
 limits (RS 4+2, 1 MiB chunks, 3 copies up to 256 KiB). Each disk is its own failure
@@ -32,7 +32,7 @@ import uvloop
 
 from bench.shardstore_bench import machine, process_cpu_s
 from common.limits import DEFAULT_LIMITS
-from frontend.dataplane.shard_blobs import DiskSpec, ShardBlobStore
+from shardstore.blobstore import DiskSpec, ShardBlobStore
 from shardstore.client import ShardClient
 
 MiB = 1 << 20

@@ -67,7 +67,7 @@ class Limits:
     SHARD_COMPACT_LIVE_FRACTION: float = 0.5
     SHARD_SCRUB_BYTES_PER_S: int = 32 * MiB
     SHARD_HEAT_HALF_LIFE_MS: int = 5000
-    # The cluster BlobStore over shardstores (frontend/dataplane/shard_blobs.py).
+    # The cluster BlobStore over shardstores (shardstore/blobstore.py).
     HOT_FACTOR: float = 2.0                     # a disk above this × the median bytes/s is hot (DESIGN §8)
     DISK_STAT_INTERVAL_MS: int = 1000           # the disk monitor's Stat round
     SHARD_CALL_TIMEOUT_MS: int = 10_000         # deadline of one shard call (put, get, delete, stat)

@@ -308,14 +308,11 @@ async def disk_statuses(layout: DataLayout, timeout_s: float) -> list[DiskStatus
 async def node_reachable(host: str, port: int, timeout_s: float) -> bool:
     from common import framing
     from common import framing_pb2
-    from index import index_pb2
-    from journal.server import KIND_READ
+    from journal.server import KIND_STATUS
 
     client = framing.Client(host, port, connect_timeout_s=timeout_s, backoff_initial_s=0.05, backoff_max_s=0.2)
-    request = index_pb2.ReadRequest(reap_queue=index_pb2.ReapQueueRead(after_seq=0, limit=1))
     try:
-        await client.call(KIND_READ, framing_pb2.ReadFrame(any_slot=True).SerializeToString(),
-                          request.SerializeToString(), timeout_s=timeout_s)
+        await client.call(KIND_STATUS, framing_pb2.StatusRequest().SerializeToString(), timeout_s=timeout_s)
         return True
     except Exception:
         return False

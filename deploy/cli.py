@@ -3,6 +3,9 @@
     cairn dev          start a local cluster and print its endpoint and credentials
     cairn metanode     run one metadata node (journal, index replica, witness)
     cairn shardstore   run one shardstore process: a node per disk (--disk ID=PATH ...)
+    cairn maintain     run the reaper, the orphan sweep and repair for a cluster
+    cairn status       disks, heat, fill, metadata nodes, objects below full redundancy
+    cairn disk         remove a disk for good, or add one (edits the cluster TOML)
 
 Every subcommand has --help. Errors say what to do next and exit non-zero.
 """
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from common import config as configuration
+from deploy import admin
 
 
 def _dev(arguments: argparse.Namespace) -> int:
@@ -74,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a local Cairn S3 server in the foreground. Once it answers requests it prints "
             "'endpoint: URL', 'access key: KEY' and 'secret key: KEY', one per line. "
-            "It runs three metadata nodes (replicated, fsynced journal and RocksDB index) and two "
-            "frontend workers as supervised processes; object bytes go to files under the data dir. "
+            "It runs three metadata nodes (replicated, fsynced journal and RocksDB index), six disks "
+            "(directories under the data dir, Reed-Solomon 4+2) in shardstore processes, the maintenance "
+            "process (reaper, orphan sweep, repair) and two frontend workers, all supervised. "
             "Data survives a restart with the same --data-dir. Users come from the config file. "
             "Ctrl-C or SIGTERM stops it."
         ),
@@ -103,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         "shardstore", help="run one shardstore process: a node per disk (--disk ID=PATH ...)", add_help=False,
         description="Run one shardstore process (see `cairn shardstore --help`).",
     )
+    commands.add_parser(
+        "maintain", help="run the reaper, the orphan sweep and repair for a cluster", add_help=False,
+        description="Run the maintenance process (see `cairn maintain --help`).",
+    )
+    admin.add_commands(commands)
     return parser
 
 
@@ -114,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         from index.metanode import main as metanode_main
 
         return metanode_main(argv[1:])
+    if argv and argv[0] == "maintain":
+        from index.maintain import main as maintain_main
+
+        return maintain_main(argv[1:])
     parser = build_parser()
     arguments = parser.parse_args(argv)
     if arguments.command == "dev":
         return _dev(arguments)
+    if arguments.command in ("status", "disk"):
+        return admin.run(arguments)
     parser.print_help()
     return 2
 

@@ -4,7 +4,7 @@ Several workers share one port (one inherited listening socket, or SO_REUSEPORT)
 each has its own journal client, read connections and record cache
 (index/client.py). Bytes above INLINE_MAX go to the shardstores the cluster TOML's
 data layout names (common/layout.py), erasure-coded or copied by
-frontend/dataplane/shard_blobs.py with this worker's own connections and disk
+shardstore/blobstore.py with this worker's own connections and disk
 monitor; a cluster TOML without shardstores keeps them in the file-per-blob store
 under the data dir instead. Prints `listening: URL` once it answers requests;
 SIGTERM stops it cleanly.
@@ -41,7 +41,7 @@ class LayoutFollower:
     `cairn disk` reach the store within a second."""
 
     def __init__(self, path: str, layout: DataLayout, limits: Limits) -> None:
-        from frontend.dataplane.shard_blobs import ShardBlobStore
+        from shardstore.blobstore import ShardBlobStore
 
         self.path = path
         self.watcher = LayoutWatcher(path)
@@ -51,7 +51,7 @@ class LayoutFollower:
         self._task: asyncio.Task | None = None
 
     def _disks(self, layout: DataLayout) -> dict:
-        from frontend.dataplane.shard_blobs import DiskSpec
+        from shardstore.blobstore import DiskSpec
         from shardstore.client import ShardClient
 
         disks = {}

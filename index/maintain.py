@@ -34,7 +34,7 @@ import time
 from common import config as configuration
 from common.layout import DataLayout, LayoutWatcher
 from common.limits import Limits
-from frontend.dataplane.shard_blobs import DiskSpec, ShardBlobStore
+from shardstore.blobstore import DiskSpec, ShardBlobStore
 from index.client import ClusterMetadataStore
 from index.reaper import Reaper
 from index.repair import Repair
@@ -186,7 +186,7 @@ async def run(arguments: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m index.maintain",
+        prog="cairn maintain",
         description="Run the reaper, the orphan sweep and repair (DESIGN §14) for the cluster in CLUSTER_TOML. "
                     "Prints 'listening: maintain' once running; SIGTERM stops it cleanly.")
     parser.add_argument("--config", required=True, help="the users/limits TOML (common/config.py); its [limits] "

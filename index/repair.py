@@ -91,7 +91,7 @@ class Repair:
     def __init__(self, meta, store, layout: DataLayout, *, limits: Limits = DEFAULT_LIMITS,
                  clock_us: Callable[[], int] = _now_us, rng: random.Random | None = None) -> None:
         self.meta = meta              # ClusterMetadataStore: placements_on, lookup_placements, commit
-        self.store = store            # frontend.dataplane.shard_blobs.ShardBlobStore over every disk, out ones too
+        self.store = store            # shardstore.blobstore.ShardBlobStore over every disk, out ones too
         self.layout = layout          # replaced by the caller when the layout file changes
         self.limits = limits
         self.clock_us = clock_us
@@ -385,7 +385,7 @@ class Repair:
 def _stripe_pieces(code: Code, data: bytes, layout: bp.Layout, stripe: int, slots: list[int],
                    block: int) -> dict[int, tuple[bytes, list[bytes]]]:
     """The stored chunks of `slots` for one stripe's bytes, with their block checksums
-    (the writer's own arithmetic: shard_blobs._stripe_pass)."""
+    (the writer's own arithmetic: shardstore.blobstore._stripe_pass)."""
     k, chunk = layout.k, layout.chunk_bytes
     length = len(data)
     parity = code.encode(stripe_chunks(data, k, min(chunk, length))) if any(slot >= k for slot in slots) else []

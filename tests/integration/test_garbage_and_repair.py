@@ -32,7 +32,7 @@ from common.ids import new_data_id
 from common.layout import parse_layout
 from common.limits import DEFAULT_LIMITS, KiB
 from common.seams import BlobRef, CreateBucket, ObjectDraft, PutObject, ReplacePlacement
-from frontend.dataplane.shard_blobs import DiskSpec, ShardBlobStore
+from shardstore.blobstore import DiskSpec, ShardBlobStore
 from index.client import ClusterMetadataStore
 from index.inprocess import InProcessTransport
 from index.reaper import Reaper

@@ -24,7 +24,7 @@ import uvloop
 from common import blob_placement as bp
 from common.errors import ServiceUnavailable
 from common.limits import DEFAULT_LIMITS, KiB, MiB
-from frontend.dataplane.shard_blobs import DiskSpec, ShardBlobStore
+from shardstore.blobstore import DiskSpec, ShardBlobStore
 from shardstore import format as fmt
 from shardstore.client import ShardClient
 from shardstore.disk import RealDisk

@@ -1,4 +1,4 @@
-"""The cluster BlobStore (frontend/dataplane/shard_blobs.py) returns exactly the bytes
+"""The cluster BlobStore (shardstore/blobstore.py) returns exactly the bytes
 it acknowledged, around down, corrupt and slow disks, and keeps nothing of a write
 that failed.
 
@@ -30,7 +30,7 @@ from common import blob_placement as bp
 from common.errors import BlobCorrupt, ServiceUnavailable
 from common.framing import ConnectionLost
 from common.limits import DEFAULT_LIMITS, KiB, MiB
-from frontend.dataplane.shard_blobs import DiskSpec, ShardBlobStore
+from shardstore.blobstore import DiskSpec, ShardBlobStore
 from shardstore import format as fmt
 from shardstore.disk import SimDisk
 from shardstore.node import BadShardRequest, Node, ShardStoreError

@@ -1,4 +1,4 @@
-"""The write side of the cluster BlobStore (frontend/dataplane/shard_blobs.py, whose
+"""The write side of the cluster BlobStore (shardstore/blobstore.py, whose
 docstring numbers the steps cited here): the body stream read in exact amounts, the
 per-disk small-put batcher, the degraded-write wait, and the stripe-by-stripe RS
 write in segments.

@@ -73,8 +73,8 @@ that is down (or fails) is skipped silently: the orphan sweep finds its shards
 (DESIGN §14), as a GET never reads them again.
 
 Modules: this one holds the store (disks, monitor, routing, copies, delete);
-shard_write.py the body reader, the small-put batcher, the degraded-write wait and
-the RS write; shard_read.py the reader.
+blob_write.py the body reader, the small-put batcher, the degraded-write wait and
+the RS write; blob_read.py the reader.
 
 Costs on this path (DESIGN §13; RS 4+2, 1 MiB chunks, 3 copies). Messages and fsyncs
 by construction; CPU measured by bench/ec_blob_bench.py (six disks in two
@@ -112,8 +112,8 @@ from common.errors import BlobNotFound, ServiceUnavailable, invariant
 from common.limits import DEFAULT_LIMITS, Limits
 from common.placement import Disk, DiskId, DiskMap, NoEligibleDisk, Placement, Spreader, disk_from_stat
 from common.seams import CHECKSUM_ALGORITHMS, BlobRef
-from frontend.dataplane.shard_read import Reader
-from frontend.dataplane.shard_write import UNREACHABLE, CodedWrite, PutBatcher, Source, durability, forget, settle
+from shardstore.blob_read import Reader
+from shardstore.blob_write import UNREACHABLE, CodedWrite, PutBatcher, Source, durability, forget, settle
 from shardstore.format import ShardId, block_checksums
 
 log = logging.getLogger("cairn.blobs")

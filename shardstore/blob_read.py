@@ -1,4 +1,4 @@
-"""The read side of the cluster BlobStore (frontend/dataplane/shard_blobs.py, whose
+"""The read side of the cluster BlobStore (shardstore/blobstore.py, whose
 docstring describes it): copies read from the coolest live copy with failover and a
 hedge; RS stripes read as the data chunk ranges they need or decoded from k whole
 chunks, BLOB_READ_PREFETCH_STRIPES ahead.
@@ -20,7 +20,7 @@ from common import blob_placement as bp
 from common.errors import BlobCorrupt, ServiceUnavailable, invariant
 from common.framing import ConnectionLost
 from common.placement import DiskId, NotEnoughShards, Placement, read_plan
-from frontend.dataplane.shard_write import UNREACHABLE, forget
+from shardstore.blob_write import UNREACHABLE, forget
 from shardstore.format import ShardId
 from shardstore.node import ShardCorrupt
 
