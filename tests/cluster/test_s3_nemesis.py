@@ -102,7 +102,8 @@ class Dev:
             if not entry.isdigit():
                 continue
             argv = _proc_cmdline(int(entry))
-            if any(mine in part for part in argv) and ("index.metanode" in argv or "frontend.worker" in argv):
+            if any(mine in part for part in argv) and any(
+                    role in argv for role in ("index.metanode", "frontend.worker", "shardstore.main", "index.maintain")):
                 found[int(entry)] = argv
         return found
 
@@ -626,9 +627,12 @@ def test_node_rejoining_after_sigkill_serves_the_writes_made_while_it_was_down(d
             pid = dev.sigkill(victim)
 
             def writer(index: int) -> None:
+                # Each key has one writer, whose puts are sequential: the last one it saw
+                # acknowledged is the key's value (two writers racing on one key could
+                # record their acks in the other order than their commits).
                 client = dev.client(retries=True)
                 for n in range(3):
-                    key = keys[(index + n * 5) % len(keys)]
+                    key = keys[index + 6 * (n % 2)]
                     body = f"down-{victim}-{index}-{n}-{time.time_ns()}".encode()
                     try:
                         client.put_object(Bucket=BUCKET, Key=key, Body=body)
