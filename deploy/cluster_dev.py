@@ -46,10 +46,23 @@ DEV_STORE_PROCESSES = 2
 DEV_EC = (4, 2)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
+class _Ports:
+    """Free ports for one cluster file: each probe socket stays bound until all are
+    chosen, so the kernel never hands out one port twice."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.probes: list[socket.socket] = []
+
+    def __call__(self) -> int:
+        probe = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        probe.bind((self.host, 0))
+        self.probes.append(probe)
         return probe.getsockname()[1]
+
+    def close(self) -> None:
+        for probe in self.probes:
+            probe.close()
 
 
 def _quote(text: str) -> str:
@@ -78,13 +91,14 @@ def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1", *, process_per_d
                  for index in range(DEV_DISKS)]
     else:
         (k, m), disks = previous
+    _free_port = _Ports(host)   # a port per call, distinct within this file
     lines = ["# Written by `cairn dev` at each start: node and disk ids name the data, ports are fresh.",
              "# `cairn disk add/remove --cluster THIS_FILE` edits the disks; they are kept across starts.",
              "[journal]", "ack_wait_ms = 1000", "resend_after_ms = 100", "read_wait_ms = 50", ""]
     for node in range(METADATA_NODES):
         directory = data_dir / "meta" / str(node)
         directory.mkdir(parents=True, exist_ok=True)
-        lines += ["[[nodes]]", f"id = {node}", f'host = "{host}"', f"port = {_free_port(host)}",
+        lines += ["[[nodes]]", f"id = {node}", f'host = "{host}"', f"port = {_free_port()}",
                   f"data_dir = {_quote(str(directory))}", ""]
     lines += ["[data]", f"ec_k = {k}", f"ec_m = {m}", ""]
     if process_per_disk:
@@ -95,10 +109,11 @@ def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1", *, process_per_d
     for number, group in enumerate(groups):
         name = f"store-{group[0]['id']}" if process_per_disk else f"store-{number}"
         lines += ["[[shardstores]]", f"name = {_quote(name)}", f'host = "{host}"',
-                  f'data_address = "{host}:{_free_port(host)}"', f'grpc_address = "{host}:{_free_port(host)}"', ""]
+                  f'data_address = "{host}:{_free_port()}"', f'grpc_address = "{host}:{_free_port()}"', ""]
         for disk in group:
             lines += ["[[shardstores.disks]]", f"id = {_quote(disk['id'])}", f"path = {_quote(disk['path'])}",
                       f"domain = {_quote(disk['domain'])}", f"state = {_quote(disk['state'])}", ""]
+    _free_port.close()
     path.write_text("\n".join(lines))
     return path
 
@@ -160,7 +175,7 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     specs = _store_specs(cluster)
     stores = len(specs)
     specs += [ProcessSpec(f"metanode-{node}", [python, "-m", "index.metanode", "--node", str(node),
-                                               "--config", str(cluster)])
+                                               "--config", str(cluster), "--limits", str(config.path)])
               for node in range(METADATA_NODES)]
     if stores and importlib.util.find_spec("index.maintain") is not None:
         specs.append(ProcessSpec("maintain", [python, "-m", "index.maintain", "--config", config.path,

@@ -7,7 +7,10 @@ snapshot after the core's witness check (journal/replica.py step 11), and the
 replica's durable applied seq bounds journal truncation.
 
 The config is the journal TOML (journal/server.py `load_config`); each node keeps
-its RocksDB under `<data_dir>/index`.
+its RocksDB under `<data_dir>/index`. `--limits` names the users/limits TOML
+(common/config.py) whose MAX_WRITE_AGE and DEDUP_WINDOW a new replica writes into the
+partition's `M` record (DESIGN §15): every node of a cluster must be given the same
+file, as `cairn dev` does; an existing replica keeps the values it started with.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import sys
 import time
 
+from common.limits import DEFAULT_LIMITS, Limits
 from index.replica import IndexReplica
 from journal.main import serve
 
@@ -27,13 +31,14 @@ SYNC_INTERVAL_S = 1.0
 class IndexApplier:
     """The journal's Applier seam over an IndexReplica."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.path = path
+        self.limits = limits
         self.replica: IndexReplica | None = None
         self._last_sync = 0.0
 
     def open(self) -> int:
-        self.replica = IndexReplica(self.path)
+        self.replica = IndexReplica(self.path, limits=self.limits)
         return self.replica.applied_seq
 
     def apply(self, entries) -> list[bytes]:
@@ -58,9 +63,9 @@ class IndexApplier:
             self.replica.close()
 
 
-def _index_applier(node_id: int):
+def _index_applier(node_id: int, limits: Limits = DEFAULT_LIMITS):
     def make(cluster) -> IndexApplier:
-        return IndexApplier(os.path.join(cluster.node(node_id).data_dir, "index"))
+        return IndexApplier(os.path.join(cluster.node(node_id).data_dir, "index"), limits)
     return make
 
 
@@ -70,13 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         "Prints 'listening: HOST:PORT' once it serves; SIGTERM stops it cleanly."))
     parser.add_argument("--node", type=int, required=True, help="this node's id in the config's [[nodes]]")
     parser.add_argument("--config", required=True, help="the metadata cluster TOML (nodes, data dirs, timings)")
+    parser.add_argument("--limits", metavar="FILE",
+                        help="the users/limits TOML whose [limits] a new replica's apply uses (MAX_WRITE_AGE, "
+                             "DEDUP_WINDOW); the same file on every node (default: built-in limits)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     arguments = parser.parse_args(argv)
+    limits = DEFAULT_LIMITS
+    if arguments.limits:
+        from common import config as configuration
+
+        try:
+            limits = configuration.load(arguments.limits).limits
+        except configuration.ConfigError as error:
+            parser.error(str(error))
     logging.basicConfig(level=arguments.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import uvloop
 
-    uvloop.run(serve(arguments.node, arguments.config, _index_applier(arguments.node)))
+    uvloop.run(serve(arguments.node, arguments.config, _index_applier(arguments.node, limits)))
     return 0
 
 

@@ -16,7 +16,10 @@ One pass:
    not holding another slot, in the least-used failure domain, the better of two
    random candidates under the spreader's heat-and-fill score. A missing slot keeps
    its own disk when that disk is usable (the late write may even be there; a
-   re-put of the same bytes is OK). A corrupt slot never goes back to its own disk.
+   re-put of the same bytes is OK). A corrupt slot goes back to its own disk only
+   when no other disk can take it (every disk already holds a slot, as with k+m
+   disks): the disk is sound, a block of it was not, and re-putting the same bytes
+   over a corrupt shard replaces it.
 4. Rebuild: read the blob through the BlobStore with the bad slots marked missing
    (so the reader decodes around them, checking every block), stripe by stripe;
    re-encode each stripe on a worker thread (common.erasure.Code; copies are the
@@ -26,7 +29,8 @@ One pass:
    began_us)`: the new disks, no missing slots, durability recomputed, generation
    + 1, written_us = began_us. A CAS: PreconditionFailed (overwritten, deleted or
    repaired meanwhile), WriteExpired or Expired -> delete every shard this repair
-   wrote. An
+   wrote on a disk its slot did not already name (a shard re-put in place may be
+   the one a concurrent repair's winning placement names: it is left). An
    unknown outcome leaves them: if the CAS did not apply they are unplaced and the
    sweep deletes them after MAX_WRITE_AGE.
 6. After the commit, delete the shards the bad slots held on their old disks when
@@ -207,6 +211,9 @@ class Repair:
             else:
                 pool = [disk for disk in disk_map.live if disk.disk_id not in out and disk.disk_id not in held
                         and disk.disk_id != old and spreader.has_room(disk, shard_bytes)]
+                if not pool and bad[slot] == CORRUPT and own is not None and own.up and old not in out \
+                        and old not in held and spreader.has_room(own, shard_bytes):
+                    pool = [own]                                 # nowhere else: rewrite it in place
                 if not pool:
                     return None
                 fewest = min(domains[disk.domain] for disk in pool)
@@ -244,10 +251,16 @@ class Repair:
             return "skipped"
         began_us = self.clock_us()
         written: list[tuple[str, ShardId]] = []
+        in_place = {(placement.disks[slot], ShardId(ref.data_id, index)) for slot, disk in targets.items()
+                    if disk == placement.disks[slot] for index in layout.shard_indexes(slot)}
+
+        def ours() -> list[tuple[str, ShardId]]:
+            """What a failed repair may delete: never a shard its slot's own disk holds."""
+            return [shard for shard in written if shard not in in_place]
         try:
             await self._rebuild(ref, placement, layout, targets, written, result)  # step 4
         except BaseException as error:
-            await self._delete(written)
+            await self._delete(ours())
             if isinstance(error, Exception):
                 log.warning("RepairRebuildFailed data_id=%s error=%r", ref.data_id.hex(), error)
                 return "failed"
@@ -266,8 +279,8 @@ class Repair:
                                    None, fresh_request_id("ReplacePlacement"), not_after_us)
         except (PreconditionFailed, WriteExpired, Expired) as error:      # decisively not applied
             log.info("RepairLostCas data_id=%s refusal=%s: deleting the %d shards it wrote", ref.data_id.hex(),
-                     type(error).__name__, len(written))
-            await self._delete(written)
+                     type(error).__name__, len(ours()))
+            await self._delete(ours())
             return "lost_cas"
         except OutcomeUnknown:
             log.warning("RepairOutcomeUnknown data_id=%s", ref.data_id.hex())
