@@ -55,7 +55,7 @@ class JournalClient:
     def __init__(self, nodes: dict[int, tuple[str, int]], *, commit_deadline_s: float = 20.0,
                  attempt_timeout_s: float = 2.0, max_entries_per_message: int = 1024,
                  backoff_initial_s: float = 0.01, backoff_max_s: float = 0.3,
-                 max_in_flight: int = 1, pipeline_min_entries: int = 8) -> None:
+                 max_in_flight: int = 2, pipeline_min_entries: int = 8) -> None:
         self.node_ids = sorted(nodes)
         self.connections = {node: framing.Client(host, port, backoff_initial_s=0.02, backoff_max_s=0.3,
                                                   connect_timeout_s=1.0)
