@@ -32,6 +32,7 @@ bench: $(STAMP)  ## the benchmarks, with the machine they ran on
 	$(BIN)/python -m bench.s3_bench --cluster --process-per-disk -w put64m,put64m4,get64m,get64mdeg
 	$(BIN)/python -m bench.ec_blob_bench
 	$(BIN)/python -m bench.journal_bench
+	$(BIN)/python -m bench.cache_bench
 	$(BIN)/python -m bench.shardstore_bench
 	$(BIN)/python -m bench.erasure_bench
 	$(BIN)/python -m shardstore.placement_sim
