@@ -1,6 +1,7 @@
 """One frontend worker process on the metadata cluster: `python -m frontend.worker`.
 
-Several workers share one port (one inherited listening socket, or SO_REUSEPORT) and nothing else but the cluster:
+Several workers share one port (each its own SO_REUSEPORT socket, as `cairn dev` starts them; or one
+inherited listening socket with --fd) and nothing else but the cluster:
 each has its own journal client, read connections and record cache
 (index/client.py). Bytes above INLINE_MAX go to the shardstores the cluster TOML's
 data layout names (common/layout.py), erasure-coded or copied by

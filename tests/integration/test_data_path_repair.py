@@ -268,6 +268,14 @@ def test_no_shard_leaks_after_overwrites_deletes_aborts_and_killed_puts(cluster)
         os.kill(pid, signal.SIGKILL)
     for thread in threads:
         thread.join(60)
+    # Every worker died at once: connections are refused until the supervisor has
+    # restarted one (SO_REUSEPORT, deploy/cluster_dev.py); wait for that.
+    def answers() -> bool:
+        try:
+            return s3.list_buckets() is not None
+        except Exception:  # noqa: BLE001 - refused until a worker is back
+            return False
+    _eventually(answers, 30, "a worker back")
     listed = {item["Key"]: item["Size"] for item in s3.list_objects_v2(Bucket="bkt").get("Contents", [])}
     for key in listed:                                           # a PUT acknowledged before its worker died
         if key.startswith("killed"):
