@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63ommon/framing.proto\x12\x10\x63\x61irn.framing.v1\"\xb0\x01\n\x0b\x46rameHeader\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".cairn.framing.v1.FrameHeader.Type\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0c\n\x04meta\x18\x05 \x01(\x0c\"8\n\x04Type\x12\x0b\n\x07REQUEST\x10\x00\x12\x0c\n\x08RESPONSE\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\n\n\x06ONEWAY\x10\x03\"+\n\x0b\x43hainConfig\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05\x63hain\x18\x02 \x03(\r\"A\n\x0bSubmitEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\r\n\x05slots\x18\x02 \x03(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"?\n\rSubmitRequest\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.cairn.framing.v1.SubmitEntry\"\x8e\x01\n\x0b\x45ntryResult\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.cairn.framing.v1.EntryResult.Status\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07outcome\x18\x03 \x01(\x0c\"+\n\x06Status\x12\x08\n\x04\x44ONE\x10\x00\x12\t\n\x05RETRY\x10\x01\x12\x0c\n\x08NOT_HEAD\x10\x02\"l\n\x0bSubmitReply\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\x12.\n\x07results\x18\x02 \x03(\x0b\x32\x1d.cairn.framing.v1.EntryResult\"$\n\x07NodeSeq\x12\x0c\n\x04node\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"*\n\nSeqOutcome\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07outcome\x18\x02 \x01(\x0c\"\xab\x01\n\x0e\x46orwardMessage\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\x12\x10\n\x08has_prev\x18\x02 \x01(\x08\x12\x12\n\nprev_epoch\x18\x03 \x01(\x04\x12\x10\n\x08prev_seq\x18\x04 \x01(\x04\x12\x32\n\x0f\x64urable_applied\x18\x05 \x03(\x0b\x32\x19.cairn.framing.v1.NodeSeq\"\x80\x02\n\nAckMessage\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x04\x12\x11\n\tcommitted\x18\x03 \x01(\x04\x12*\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\x19.cairn.framing.v1.NodeSeq\x12\x32\n\x0f\x64urable_applied\x18\x05 \x03(\x0b\x32\x19.cairn.framing.v1.NodeSeq\x12.\n\x08outcomes\x18\x06 \x03(\x0b\x32\x1c.cairn.framing.v1.SeqOutcome\x12\x0b\n\x03gap\x18\x07 \x01(\x08\"6\n\x08\x45pochRun\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05\x66irst\x18\x02 \x01(\x04\x12\x0c\n\x04last\x18\x03 \x01(\x04\"f\n\x0bSyncMessage\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\x12(\n\x04runs\x18\x02 \x03(\x0b\x32\x1a.cairn.framing.v1.EpochRun\"j\n\x10SyncReplyMessage\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\x12\x12\n\ncommon_seq\x18\x02 \x01(\x04\x12\x13\n\x0bhighest_seq\x18\x03 \x01(\x04\">\n\rRefuseMessage\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\"\'\n\x06\x42\x61llot\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\x04\x12\x0c\n\x04node\x18\x02 \x01(\x03\":\n\x0ePrepareMessage\x12(\n\x06\x62\x61llot\x18\x01 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\"\x9b\x01\n\x0ePromiseMessage\x12(\n\x06\x62\x61llot\x18\x01 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\x12\x31\n\x0f\x61\x63\x63\x65pted_ballot\x18\x02 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\x12,\n\x05value\x18\x03 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\"g\n\rAcceptMessage\x12(\n\x06\x62\x61llot\x18\x01 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\";\n\x0f\x41\x63\x63\x65ptedMessage\x12(\n\x06\x62\x61llot\x18\x01 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\"c\n\x0bNackMessage\x12(\n\x06\x62\x61llot\x18\x01 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\x12*\n\x08promised\x18\x02 \x01(\x0b\x32\x18.cairn.framing.v1.Ballot\"\xa6\x04\n\x0bPeerMessage\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x33\n\x07\x66orward\x18\x02 \x01(\x0b\x32 .cairn.framing.v1.ForwardMessageH\x00\x12+\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x1c.cairn.framing.v1.AckMessageH\x00\x12-\n\x04sync\x18\x04 \x01(\x0b\x32\x1d.cairn.framing.v1.SyncMessageH\x00\x12\x38\n\nsync_reply\x18\x05 \x01(\x0b\x32\".cairn.framing.v1.SyncReplyMessageH\x00\x12\x31\n\x06refuse\x18\x06 \x01(\x0b\x32\x1f.cairn.framing.v1.RefuseMessageH\x00\x12\x33\n\x07prepare\x18\x07 \x01(\x0b\x32 .cairn.framing.v1.PrepareMessageH\x00\x12\x33\n\x07promise\x18\x08 \x01(\x0b\x32 .cairn.framing.v1.PromiseMessageH\x00\x12\x31\n\x06\x61\x63\x63\x65pt\x18\t \x01(\x0b\x32\x1f.cairn.framing.v1.AcceptMessageH\x00\x12\x35\n\x08\x61\x63\x63\x65pted\x18\n \x01(\x0b\x32!.cairn.framing.v1.AcceptedMessageH\x00\x12-\n\x04nack\x18\x0b \x01(\x0b\x32\x1d.cairn.framing.v1.NackMessageH\x00\x42\x06\n\x04\x62ody\"\x1c\n\rStatusRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x93\x02\n\x0bStatusReply\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x03 \x01(\x04\x12\x11\n\tcommitted\x18\x04 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x04\x12\x0f\n\x07serving\x18\x06 \x01(\x08\x12\x10\n\x08\x65lecting\x18\x07 \x01(\x08\x12\x11\n\thas_value\x18\x08 \x01(\x08\x12\r\n\x05value\x18\t \x01(\x0c\x12\x11\n\tfirst_seq\x18\n \x01(\x04\x12\x17\n\x0fpersist_batches\x18\x0b \x01(\x04\x12\x19\n\x11persisted_entries\x18\x0c \x01(\x04\"a\n\tReadFrame\x12\x0c\n\x04slot\x18\x01 \x01(\x04\x12\x11\n\thas_as_of\x18\x02 \x01(\x08\x12\r\n\x05\x61s_of\x18\x03 \x01(\x04\x12\x10\n\x08\x61ny_slot\x18\x04 \x01(\x08\x12\x12\n\nalso_slots\x18\x05 \x03(\x04\"\xa9\x01\n\x0eReadFrameReply\x12\x37\n\x06status\x18\x01 \x01(\x0e\x32\'.cairn.framing.v1.ReadFrameReply.Status\x12-\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1d.cairn.framing.v1.ChainConfig\"/\n\x06Status\x12\t\n\x05VALUE\x10\x00\x12\x0b\n\x07\x43URRENT\x10\x01\x12\r\n\tTRY_OTHER\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63ommon/framing.proto\x12\x10\x63\x61irn.framing.v1\"\xb0\x01\n\x0b\x46rameHeader\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".cairn.framing.v1.FrameHeader.Type\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0c\n\x04meta\x18\x05 \x01(\x0c\"8\n\x04Type\x12\x0b\n\x07REQUEST\x10\x00\x12\x0c\n\x08RESPONSE\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\n\n\x06ONEWAY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,56 +35,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FRAMEHEADER']._serialized_end=219
   _globals['_FRAMEHEADER_TYPE']._serialized_start=163
   _globals['_FRAMEHEADER_TYPE']._serialized_end=219
-  _globals['_CHAINCONFIG']._serialized_start=221
-  _globals['_CHAINCONFIG']._serialized_end=264
-  _globals['_SUBMITENTRY']._serialized_start=266
-  _globals['_SUBMITENTRY']._serialized_end=331
-  _globals['_SUBMITREQUEST']._serialized_start=333
-  _globals['_SUBMITREQUEST']._serialized_end=396
-  _globals['_ENTRYRESULT']._serialized_start=399
-  _globals['_ENTRYRESULT']._serialized_end=541
-  _globals['_ENTRYRESULT_STATUS']._serialized_start=498
-  _globals['_ENTRYRESULT_STATUS']._serialized_end=541
-  _globals['_SUBMITREPLY']._serialized_start=543
-  _globals['_SUBMITREPLY']._serialized_end=651
-  _globals['_NODESEQ']._serialized_start=653
-  _globals['_NODESEQ']._serialized_end=689
-  _globals['_SEQOUTCOME']._serialized_start=691
-  _globals['_SEQOUTCOME']._serialized_end=733
-  _globals['_FORWARDMESSAGE']._serialized_start=736
-  _globals['_FORWARDMESSAGE']._serialized_end=907
-  _globals['_ACKMESSAGE']._serialized_start=910
-  _globals['_ACKMESSAGE']._serialized_end=1166
-  _globals['_EPOCHRUN']._serialized_start=1168
-  _globals['_EPOCHRUN']._serialized_end=1222
-  _globals['_SYNCMESSAGE']._serialized_start=1224
-  _globals['_SYNCMESSAGE']._serialized_end=1326
-  _globals['_SYNCREPLYMESSAGE']._serialized_start=1328
-  _globals['_SYNCREPLYMESSAGE']._serialized_end=1434
-  _globals['_REFUSEMESSAGE']._serialized_start=1436
-  _globals['_REFUSEMESSAGE']._serialized_end=1498
-  _globals['_BALLOT']._serialized_start=1500
-  _globals['_BALLOT']._serialized_end=1539
-  _globals['_PREPAREMESSAGE']._serialized_start=1541
-  _globals['_PREPAREMESSAGE']._serialized_end=1599
-  _globals['_PROMISEMESSAGE']._serialized_start=1602
-  _globals['_PROMISEMESSAGE']._serialized_end=1757
-  _globals['_ACCEPTMESSAGE']._serialized_start=1759
-  _globals['_ACCEPTMESSAGE']._serialized_end=1862
-  _globals['_ACCEPTEDMESSAGE']._serialized_start=1864
-  _globals['_ACCEPTEDMESSAGE']._serialized_end=1923
-  _globals['_NACKMESSAGE']._serialized_start=1925
-  _globals['_NACKMESSAGE']._serialized_end=2024
-  _globals['_PEERMESSAGE']._serialized_start=2027
-  _globals['_PEERMESSAGE']._serialized_end=2577
-  _globals['_STATUSREQUEST']._serialized_start=2579
-  _globals['_STATUSREQUEST']._serialized_end=2607
-  _globals['_STATUSREPLY']._serialized_start=2610
-  _globals['_STATUSREPLY']._serialized_end=2885
-  _globals['_READFRAME']._serialized_start=2887
-  _globals['_READFRAME']._serialized_end=2984
-  _globals['_READFRAMEREPLY']._serialized_start=2987
-  _globals['_READFRAMEREPLY']._serialized_end=3156
-  _globals['_READFRAMEREPLY_STATUS']._serialized_start=3109
-  _globals['_READFRAMEREPLY_STATUS']._serialized_end=3156
 # @@protoc_insertion_point(module_scope)

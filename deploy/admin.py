@@ -307,12 +307,12 @@ async def disk_statuses(layout: DataLayout, timeout_s: float) -> list[DiskStatus
 
 async def node_reachable(host: str, port: int, timeout_s: float) -> bool:
     from common import framing
-    from common import framing_pb2
+    from journal import journal_pb2
     from journal.server import KIND_STATUS
 
     client = framing.Client(host, port, connect_timeout_s=timeout_s, backoff_initial_s=0.05, backoff_max_s=0.2)
     try:
-        await client.call(KIND_STATUS, framing_pb2.StatusRequest().SerializeToString(), timeout_s=timeout_s)
+        await client.call(KIND_STATUS, journal_pb2.StatusRequest().SerializeToString(), timeout_s=timeout_s)
         return True
     except Exception:
         return False

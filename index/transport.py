@@ -9,7 +9,7 @@ to wait — and fail over to the others on TRY_OTHER or a lost connection.
 from __future__ import annotations
 
 from common import framing
-from common import framing_pb2 as pb
+from journal import journal_pb2 as pb
 from common.errors import OutcomeUnknown
 from index.client import TransportRetry
 from journal.client import JournalClient

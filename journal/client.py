@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 
 from common import framing
-from common import framing_pb2 as pb
+from journal import journal_pb2 as pb
 from journal.server import KIND_SUBMIT, KIND_STATUS
 
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from common import framing
-from common import framing_pb2 as pb
+from journal import journal_pb2 as pb
 from common.errors import InvariantViolation, invariant
 from journal import records
 from journal.crashpoints import TAIL_AFTER_COMMIT_BEFORE_APPLY, CrashPoints

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from common import framing
-from common import framing_pb2 as pb
+from journal import journal_pb2 as pb
 from journal.client import JournalClient
 from journal.server import KIND_SUBMIT
 
