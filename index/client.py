@@ -174,14 +174,15 @@ class ClusterMetadataStore:
         replica.raise_answer(answer)
         return [(codec.from_message(record.blob), record.displaced_seq) for record in answer.placements]
 
-    async def lookup_placements(self, data_ids: list[bytes]) -> tuple[dict[bytes, tuple[BlobRef, int]], int]:
-        """({data id: (blob, displaced seq)} for those L knows, the applied entry's time µs)."""
+    async def lookup_placements(self, data_ids: list[bytes]) -> tuple[dict[bytes, tuple[BlobRef, int]], int, int]:
+        """({data id: (blob, displaced seq)} for those L knows, the applied entry's time µs,
+        the partition's MAX_WRITE_AGE in µs — the one apply enforces)."""
         request = index_pb2.ReadRequest(lookup_placements=index_pb2.LookupPlacementsRead(data_ids=data_ids))
         answer = await self._read(-1, request)
         replica.raise_answer(answer)
         found = {record.blob.data_id: (codec.from_message(record.blob), record.displaced_seq)
                  for record in answer.placements}
-        return found, answer.applied_time_us
+        return found, answer.applied_time_us, answer.max_write_age_us
 
     async def close(self) -> None:
         await self.transport.close()

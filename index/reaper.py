@@ -94,7 +94,7 @@ class Reaper:
     async def _delete(self, refs: tuple[BlobRef, ...]) -> None:
         if not refs:
             return
-        current, _ = await self.meta.lookup_placements([ref.data_id for ref in refs])
+        current, _, _ = await self.meta.lookup_placements([ref.data_id for ref in refs])
         for ref in refs:
             await self.blobs.delete(ref)
             moved = current.get(ref.data_id)

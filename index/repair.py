@@ -133,7 +133,7 @@ class Repair:
                 corrupt[shard.data_id].add((disk, shard.shard_index))
         unknown = [data_id for data_id in corrupt if data_id not in work]
         for start in range(0, len(unknown), self.limits.MAINTENANCE_PAGE):
-            found, _ = await self.meta.lookup_placements(unknown[start:start + self.limits.MAINTENANCE_PAGE])
+            found, _, _ = await self.meta.lookup_placements(unknown[start:start + self.limits.MAINTENANCE_PAGE])
             for data_id, (ref, displaced_seq) in found.items():
                 if not displaced_seq:
                     work[data_id] = (ref, set())

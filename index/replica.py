@@ -133,7 +133,8 @@ def read(view, request, applied_seq: int):
                 raw = view.get(keys.placement_key(data_id))
                 if raw is not None:
                     answer.placements.add().CopyFrom(codec.load(raw, index_pb2.PlacementRecord))
-            answer.applied_time_us = apply.apply_state(view).time_us
+            state = apply.apply_state(view)
+            answer.applied_time_us, answer.max_write_age_us = state.time_us, state.max_write_age_us
         elif kind == "list_parts":
             page = reader.list_parts(view, query.bucket, query.bucket_incarnation, query.key, query.upload_id,
                                      part_number_marker=query.part_number_marker, max_parts=query.max_parts)

@@ -28,8 +28,8 @@ Per disk, one pass:
 
 Invariants: no shard of a data id that is referenced, queued in `G`, or may still
 be introduced or re-placed by an entry is ever deleted; safety rests on the log
-(the applied time), never on a bare timeout. MAX_WRITE_AGE is this process's
-limit, which must equal the partition's `M` value (both come from the cluster TOML).
+(the applied time), never on a bare timeout. The fences use the partition's own
+MAX_WRITE_AGE (from `M`, returned with the lookup), or this process's if larger.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ class Sweep:
     async def _decide(self, disk: str, old: dict[bytes, list[ShardInfo]], horizon_us: int,
                       age_us: int) -> tuple[list[ShardId], int, int]:
         """(shards to delete, how many are kept only by the fence, how many of the deleted are orphans)."""
-        found, applied_time_us = await self.meta.lookup_placements(sorted(old))
+        found, applied_time_us, partition_age_us = await self.meta.lookup_placements(sorted(old))
+        age_us = max(age_us, partition_age_us)       # the fence is the age apply enforces, from M
         doomed: list[ShardId] = []
         fenced = orphans = 0
         for data_id, infos in old.items():

@@ -186,7 +186,7 @@ def test_reaper_deletes_displaced_shards_only_after_reap_delay_and_commits_reape
         assert c.shards_of(first.data_id) == set()
         assert c.shards_of(second.data_id) == placed_shards(second), "the referenced data id keeps its shards"
         assert await c.meta.reap_queue(0, 10) == ([], displacing.seq)
-        found, _ = await c.meta.lookup_placements([first.data_id])
+        found, _, _ = await c.meta.lookup_placements([first.data_id])
         assert found == {}, "Reaped dropped the displaced L entry"
         assert await c.read(await c.current("k")) == second_data
 
@@ -384,7 +384,7 @@ def test_a_cas_lost_to_a_concurrent_overwrite_deletes_what_repair_wrote(tmp_path
         assert result.lost_cas == 1 and result.repaired == 0 and result.shards_written > 0
         assert c.shards_of(ref.data_id) == before, "every shard repair wrote was deleted, none it did not"
         assert await c.read(await c.current("k")) == data
-        found, _ = await c.meta.lookup_placements([ref.data_id])
+        found, _, _ = await c.meta.lookup_placements([ref.data_id])
         assert found[ref.data_id][0].placement == ref.placement and found[ref.data_id][1] > 0, \
             "displaced, on its old placement: the reaper's now"
 

@@ -205,8 +205,9 @@ def test_cluster_store_reads_and_commits_maintenance_through_a_real_replica(tmp_
         on_d3 = await store.placements_on("d3", b"", 10)
         assert [(ref.data_id, displaced) for ref, displaced in on_d3] == [(refs[0].data_id, entries[0][0]),
                                                                           (refs[1].data_id, 0)]
-        found, applied_time_us = await store.lookup_placements([refs[1].data_id, b"\x07" * 16])
+        found, applied_time_us, age_us = await store.lookup_placements([refs[1].data_id, b"\x07" * 16])
         assert list(found) == [refs[1].data_id] and applied_time_us > START_MS * 1000
+        assert age_us == DEFAULT_LIMITS.MAX_WRITE_AGE_MS * 1000
         await store.commit(Reaped(entries[0][0]), None, b"reaped", FAR_FUTURE)
         assert (await store.reap_queue(0, 10)) == ([], entries[0][0])
         moved = placement(["d9"] + DISKS[1:], generation=1)
