@@ -50,6 +50,7 @@ from bench.loadgen import (
     MiB, Connection, Op, Result, Signer, close_connections, closed_loop, format_table,
     machine_line, open_connections,
 )
+from deploy.supervisor import child_processes
 
 BUCKET = "bench"
 SMALL_KEYS = 1024
@@ -382,7 +383,7 @@ class two_data_disks_down:
                         newest[slot] = (info.id.data_id, disk.id)
         victims = {newest[0][1], newest[1][1]}
         supervisor = self.ctx.server.pid
-        self.stores = {pid: argv for pid, argv in _children_argv(supervisor).items() if "shardstore.main" in argv}
+        self.stores = {pid: argv for pid, argv in child_processes(supervisor).items() if "shardstore.main" in argv}
         os.kill(supervisor, signal.SIGSTOP)
         for pid, argv in self.stores.items():
             if any(part.startswith(f"{disk}=") for disk in victims for part in argv):
@@ -396,26 +397,10 @@ class two_data_disks_down:
         os.kill(supervisor, signal.SIGCONT)
         for _ in range(150):
             await asyncio.sleep(0.2)
-            if len([argv for argv in _children_argv(supervisor).values() if "shardstore.main" in argv]) == \
+            if len([argv for argv in child_processes(supervisor).values() if "shardstore.main" in argv]) == \
                     len(self.stores):
                 break
         await asyncio.sleep(1.5)
-
-
-def _children_argv(parent: int) -> dict[int, list[str]]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) != parent:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                found[int(entry)] = cmdline.read().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def parse_workloads(text: str) -> list[str]:

@@ -43,6 +43,24 @@ class ProcessSpec:
     pass_fds: tuple[int, ...] = ()
 
 
+def child_processes(parent: int) -> dict[int, list[str]]:
+    """The live children of process `parent` (from /proc), each with its command line:
+    how tests and benchmarks find a cluster's processes by role."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                if int(stat.read().rsplit(b")", 1)[1].split()[1]) != parent:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                found[int(entry)] = cmdline.read().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 class ChildFailed(RuntimeError):
     """A child died before it was ready; the message says which and why."""
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import boto3.s3.transfer
 import pytest
 
+from deploy.supervisor import child_processes
 from conftest import s3_client, start_server
 
 KiB, MiB = 1024, 1024 * 1024
@@ -49,27 +50,10 @@ def _ranges(size: int) -> list[tuple[int, int]]:
     return sorted(found)[:12]
 
 
-def _children(supervisor_pid: int) -> dict[int, list[str]]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            if parent != supervisor_pid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                found[int(entry)] = cmdline.read().decode().split("\0")
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def _store_pids(supervisor_pid: int) -> dict[str, int]:
     """Disk id -> pid of the shardstore process serving it (production layout: one each)."""
     stores = {}
-    for pid, argv in _children(supervisor_pid).items():
+    for pid, argv in child_processes(supervisor_pid).items():
         if "shardstore.main" in argv:
             disks = [argv[index + 1].split("=", 1)[0] for index, part in enumerate(argv) if part == "--disk"]
             for disk in disks:

@@ -31,6 +31,7 @@ import boto3.s3.transfer
 import grpc
 import pytest
 
+from deploy.supervisor import child_processes
 from conftest import CAIRN, User, s3_client, start_server, write_config
 
 KiB, MiB = 1024, 1024 * 1024
@@ -59,31 +60,15 @@ def _body(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def _children(parent: int) -> dict[int, list[str]]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) != parent:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                found[int(entry)] = cmdline.read().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def _store_pid(server, disk: str) -> int:
-    for pid, argv in _children(server.process.pid).items():
+    for pid, argv in child_processes(server.process.pid).items():
         if "shardstore.main" in argv and any(part.startswith(f"{disk}=") for part in argv):
             return pid
     raise AssertionError(f"no shardstore process serves {disk}")
 
 
 def _worker_pids(server) -> list[int]:
-    return [pid for pid, argv in _children(server.process.pid).items() if "frontend.worker" in argv]
+    return [pid for pid, argv in child_processes(server.process.pid).items() if "frontend.worker" in argv]
 
 
 def _cairn(*args: str) -> str:
