@@ -11,7 +11,7 @@ Properties, through real processes and boto3:
   PUTs cut off by SIGKILLing a frontend worker, the reaper and the orphan sweep leave
   exactly the shards of the objects that exist (every data id on disk is referenced,
   and holds a whole placement's worth of shards).
-Limits are shrunk through the config's [limits] (MAX_WRITE_AGE 6 s, REAP_DELAY 1 s,
+CAIRN_DEEP=1 makes the storm four times longer. Limits are shrunk through the config's [limits] (MAX_WRITE_AGE 6 s, REAP_DELAY 1 s,
 maintenance passes every 0.5–1 s), the way a user would tune them.
 """
 
@@ -35,6 +35,7 @@ from deploy.supervisor import child_processes
 from conftest import CAIRN, User, s3_client, start_server, write_config
 
 KiB, MiB = 1024, 1024 * 1024
+DEEP = os.environ.get("CAIRN_DEEP") == "1"          # make test-deep: a longer storm
 LIMITS = {"MAX_WRITE_AGE_MS": 6000, "REAP_DELAY_MS": 1000, "MAX_CLOCK_SKEW_MS": 200, "COMMIT_DEADLINE_MS": 5000,
           "DEDUP_WINDOW_MS": 60_000, "REAP_INTERVAL_MS": 500, "SWEEP_INTERVAL_MS": 1000, "REPAIR_INTERVAL_MS": 500}
 SIZES = [5 * KiB, 100 * KiB, 300 * KiB, 4 * MiB + 5, 9 * MiB]
@@ -217,7 +218,7 @@ def test_no_shard_leaks_after_overwrites_deletes_aborts_and_killed_puts(cluster)
     s3.create_bucket(Bucket="bkt")
     rng = random.Random(7)
     live: dict[str, int] = {}
-    for round_ in range(3):                                      # overwrites and deletes
+    for round_ in range(12 if DEEP else 3):                      # overwrites and deletes
         for index in range(12):
             key = f"o{index}"
             if rng.random() < 0.25 and key in live:
@@ -245,7 +246,7 @@ def test_no_shard_leaks_after_overwrites_deletes_aborts_and_killed_puts(cluster)
             client.put_object(Bucket="bkt", Key=f"killed{index}", Body=_body(40 * MiB, 1000 + index))
         except Exception as error:  # noqa: BLE001 - expected: the worker died under it
             errors.append(error)
-    threads = [threading.Thread(target=slow_put, args=(index,)) for index in range(4)]
+    threads = [threading.Thread(target=slow_put, args=(index,)) for index in range(12 if DEEP else 4)]
     for thread in threads:
         thread.start()
     time.sleep(0.6)
