@@ -2,10 +2,17 @@
 
 Two implementations:
 - `RealDisk`: files in one directory, `os.pwrite`/`os.pread`, `os.fdatasync`, and an
-  fsync of the directory after a file is created or removed.
+  fsync of the directory after a file is created or removed; `write_direct` goes
+  through a second descriptor per file opened with O_DIRECT (the page cache is
+  bypassed: no copy into it, and the fdatasync that follows has no dirty pages to
+  write back). A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6: EINVAL
+  at open or write) is found by a probe at start, or by the first refused write;
+  `direct_alignment` is then 0 and `write_direct` falls back to `write`.
 - `SimDisk`: in memory, for tests. Each file has a durable prefix and unsynced bytes
   past it; `crash()` keeps the durable prefix plus a random prefix of the unsynced
   bytes (a torn last write) and forgets the rest. `flip_byte()` models bit rot.
+  `write_direct` checks the alignment rules and is otherwise a `write`: lost or torn
+  at a crash unless synced, like any write.
 
 Contract (both implementations):
 1. Files are append-mostly: `write` may only write at or below the current size
@@ -15,11 +22,21 @@ Contract (both implementations):
 4. `truncate` is durable on return (used only to cut a torn or aborted tail).
 5. `write` raises `OSError(ENOSPC)` when the disk is full, having written nothing.
 6. `blocking` says whether calls may block (the node then runs them on a thread).
+7. `write_direct(name, offset, data)` is a `write` (rules 1, 2 and 5 hold) that may
+   bypass the page cache. Only when `direct_alignment` > 0; then `offset` and
+   `len(data)` are multiples of it and `data` is page-aligned memory (an anonymous
+   mmap). The caller never lets a direct write share a page with a buffered write
+   of bytes it has not yet synced or that it still means to write (see node.py for
+   how records are cut); Linux keeps the page cache coherent anyway (a direct write
+   writes back and then invalidates the cached pages of its range), so this keeps
+   the bypass cheap rather than correct.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import mmap
 import os
 import random
 from dataclasses import dataclass, field
@@ -28,14 +45,25 @@ from typing import Protocol
 from common.errors import invariant
 
 
+DIRECT_ALIGNMENT_BYTES = max(4096, mmap.PAGESIZE)     # covers 512 and 4096-byte sectors
+_DIRECT_PROBE = ".direct-probe"                        # hidden: list_files skips dot files
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """Page-aligned, zeroed memory of `size` bytes, for `write_direct`."""
+    return mmap.mmap(-1, size)
+
+
 class Disk(Protocol):
     blocking: bool
+    direct_alignment: int       # 0: no direct writes (write_direct is then a plain write)
 
     def list_files(self) -> list[str]: ...
     def create(self, name: str) -> None: ...
     def remove(self, name: str) -> None: ...
     def size(self, name: str) -> int: ...
     def write(self, name: str, offset: int, data: bytes | memoryview) -> None: ...
+    def write_direct(self, name: str, offset: int, data: memoryview | mmap.mmap) -> None: ...
     def read(self, name: str, offset: int, length: int) -> bytes: ...
     def sync(self, name: str) -> None: ...
     def truncate(self, name: str, length: int) -> None: ...
@@ -53,7 +81,32 @@ class RealDisk:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         self._fds: dict[str, int] = {}
+        self._direct_fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
+        self.direct_alignment = DIRECT_ALIGNMENT_BYTES if self._direct_works() else 0
+
+    def _direct_works(self) -> bool:
+        """Whether this filesystem takes an aligned O_DIRECT write (tmpfs may refuse:
+        EINVAL at open on older kernels)."""
+        if not hasattr(os, "O_DIRECT"):
+            return False
+        path = os.path.join(self.directory, _DIRECT_PROBE)
+        buffer = aligned_buffer(DIRECT_ALIGNMENT_BYTES)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+            try:
+                os.pwrite(fd, buffer, 0)
+            finally:
+                os.close(fd)
+            return True
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            return False
+        finally:
+            buffer.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _path(self, name: str) -> str:
         invariant("/" not in name and name not in ("", ".", ".."), f"bad file name {name!r}")
@@ -85,10 +138,11 @@ class RealDisk:
         self._sync_directory()
 
     def remove(self, name: str) -> None:
-        fd = self._fds.pop(name, None)
+        for fds in (self._fds, self._direct_fds):
+            fd = fds.pop(name, None)
+            if fd is not None:
+                os.close(fd)
         self._sizes.pop(name, None)
-        if fd is not None:
-            os.close(fd)
         os.unlink(self._path(name))
         self._sync_directory()
 
@@ -109,6 +163,32 @@ class RealDisk:
                 os.ftruncate(fd, self._sizes[name])
             raise
         self._sizes[name] = max(self._sizes[name], offset + len(view))
+
+    def write_direct(self, name: str, offset: int, data: memoryview | mmap.mmap) -> None:
+        alignment = self.direct_alignment
+        if not alignment:
+            return self.write(name, offset, data)
+        invariant(offset % alignment == 0 and len(data) % alignment == 0, "unaligned direct write")
+        self._fd(name)
+        invariant(offset <= self._sizes[name], "write would leave a hole")
+        fd = self._direct_fds.get(name)
+        try:
+            if fd is None:
+                fd = self._direct_fds[name] = os.open(self._path(name), os.O_WRONLY | os.O_DIRECT)
+            view = memoryview(data)
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:     # contract 5: leave nothing behind
+                os.ftruncate(self._fds[name], self._sizes[name])
+                raise
+            if error.errno != errno.EINVAL:
+                raise
+            # Refused after all (an odd filesystem or device): buffered from now on.
+            self.direct_alignment = 0
+            return self.write(name, offset, data)
+        self._sizes[name] = max(self._sizes[name], offset + len(data))
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         return os.pread(self._fd(name), length, offset)
@@ -131,9 +211,10 @@ class RealDisk:
         return stats.f_bavail * stats.f_frsize
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for fds in (self._fds, self._direct_fds):
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
         self._sizes.clear()
 
 
@@ -154,10 +235,14 @@ class SimDisk:
 
     blocking = False
 
-    def __init__(self, capacity_bytes: int = 1 << 40) -> None:
+    def __init__(self, capacity_bytes: int = 1 << 40, direct_alignment: int = 512) -> None:
+        """`direct_alignment` 0 models a filesystem refusing O_DIRECT; the default is
+        small so that tests with shrunk write steps still cut direct writes."""
         self.files: dict[str, _SimFile] = {}
         self._capacity_bytes = capacity_bytes
+        self.direct_alignment = direct_alignment
         self.syncs = 0
+        self.direct_writes = 0
 
     def list_files(self) -> list[str]:
         return sorted(self.files)
@@ -182,6 +267,15 @@ class SimDisk:
         if self._used() + growth > self._capacity_bytes:
             raise OSError(errno.ENOSPC, "simulated disk full")
         file.data[offset:offset + len(data)] = data
+
+    def write_direct(self, name: str, offset: int, data: memoryview | mmap.mmap) -> None:
+        """A write, after checking what a real O_DIRECT write needs: same crash semantics."""
+        if not self.direct_alignment:
+            return self.write(name, offset, data)
+        invariant(offset % self.direct_alignment == 0 and len(data) % self.direct_alignment == 0,
+                  "unaligned direct write")
+        self.write(name, offset, data)
+        self.direct_writes += 1
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         return bytes(self.files[name].data[offset:offset + length])

@@ -78,6 +78,39 @@ def block_checksums(data: bytes | memoryview, block_size: int) -> list[bytes]:
             for start in range(0, len(view), block_size)]
 
 
+class BlockChecksummer:
+    """The per-block xxh3-128 of a byte stream fed in pieces of any size: `finish()`
+    returns what `block_checksums` gives for the whole, however the stream was cut
+    (checksums follow the record's data, never the cuts of the writes)."""
+
+    def __init__(self, block_size: int) -> None:
+        invariant(block_size > 0, "block size must be positive")
+        self.block_size = block_size
+        self.checksums: list[bytes] = []        # of every complete block fed so far
+        self._partial = bytearray()             # the bytes of the block not yet complete
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        block = self.block_size
+        if self._partial:
+            take = min(block - len(self._partial), len(view))
+            self._partial += view[:take]
+            view = view[take:]
+            if len(self._partial) < block:
+                return
+            self.checksums.append(xxhash.xxh3_128_digest(self._partial))
+            self._partial.clear()
+        whole = len(view) - len(view) % block
+        self.checksums += [xxhash.xxh3_128_digest(view[start:start + block]) for start in range(0, whole, block)]
+        self._partial += view[whole:]
+
+    def finish(self) -> list[bytes]:
+        if self._partial:
+            self.checksums.append(xxhash.xxh3_128_digest(self._partial))
+            self._partial.clear()
+        return self.checksums
+
+
 def record_bytes(length: int, block_size: int) -> int:
     """Total size of a record holding `length` data bytes."""
     return HEADER_BYTES + length + block_count(length, block_size) * CHECKSUM_BYTES + TRAILER_FIXED_BYTES

@@ -3,8 +3,8 @@
 Layout (DESIGN §9, formats in `shardstore.format`): records are appended to open
 extents ("heads"). Small puts (the whole shard in one message) and tombstones share
 one head and one group commit; a streamed put or a compaction copy holds a head of
-its own while its record is written in SHARD_WRITE_STEP_BYTES steps, so a record is
-always contiguous. The index (`shardstore.index`) is the durable state as of its last
+its own while its record is written in SHARD_WRITE_STEP_BYTES steps (O_DIRECT where
+the disk allows, below), so a record is always contiguous. The index (`shardstore.index`) is the durable state as of its last
 checkpoint plus an in-memory overlay; the extents are the source of truth.
 
 Write path, the steps the code cites:
@@ -22,6 +22,36 @@ Write path, the steps the code cites:
    own (`_Syncer`): one hand-off and one loop wake-up per batch.
 4. Now and then (SHARD_INDEX_FLUSH_ENTRIES / _MS) the overlay is written to RocksDB
    in one synced batch with the checkpoint it covers.
+
+Streamed records and O_DIRECT (`_append_streamed`). A large shard's record is written
+as the stream arrives, cut by file offset, never by the format (a record is the same
+bytes however it was cut, so extents stay format version 1, readable by older code):
+  a. the header and the first data bytes up to the first offset aligned to the disk's
+     `direct_alignment` (4 KiB) past the header: one small buffered write, made when
+     the first whole step is ready;
+  b. whole steps of SHARD_WRITE_STEP_BYTES (cut down to a multiple of the alignment)
+     with `disk.write_direct` (O_DIRECT) from page-aligned anonymous mmaps: two per
+     stream, one filling from the received pieces while the other is written on a
+     thread, kept in a small pool for the next stream. No fdatasync per step: O_DIRECT
+     leaves nothing in the page cache to bound;
+  c. the aligned part of what is left, direct, and then one fdatasync, so that every
+     data byte is durable before the trailer that completes the record is written;
+  d. the last bytes (fewer than the alignment) and the trailer: one buffered write;
+     the group commit's fdatasync (step 3) makes it durable before the ack.
+A stream that ends before a whole step is one buffered write (a then d), as before. A
+disk without O_DIRECT (`direct_alignment` 0) gets whole steps buffered, each followed
+by an fdatasync, so the page cache never holds a whole shard.
+Block checksums are computed from the received pieces (`format.BlockChecksummer`) and
+checked against the sender's as each piece arrives, independent of the cuts.
+What the cuts rely on, for the page cache: a direct write covers only whole pages past
+the last buffered byte of its record, and no buffered write touches its pages later
+(the next record starts past this one's buffered trailer; an aborted record is cut off
+by ftruncate, which drops its pages from the cache, before the offsets are reused). So
+a page is written either buffered or direct, never both. Linux would keep a mix
+coherent anyway (an O_DIRECT write first writes back, then invalidates, the cached
+pages of its range), only slower. A crash before the trailer is durable leaves a torn
+record, cut off by recovery like any other; a direct write, like a buffered one, is
+durable only once fdatasync returns.
 
 Recovery (`Node.open`): read the checkpoint; scan every extent from the offset the
 checkpoint covers; a record whose header or trailer fails its check ends that
@@ -52,6 +82,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import mmap
 import queue
 import threading
 import time
@@ -63,7 +94,7 @@ import xxhash
 from common.errors import invariant
 from common.limits import DEFAULT_LIMITS, Limits
 from shardstore import format as fmt
-from shardstore.disk import Disk
+from shardstore.disk import Disk, aligned_buffer
 from shardstore.format import Entry, Header, Location, ShardId
 from shardstore.heat import Heat
 from shardstore.index import Index
@@ -72,6 +103,7 @@ log = logging.getLogger("cairn.shardstore")
 
 _FREE_BYTES_TTL_S = 0.05        # how stale admission's view of free space may get
 _GATHER_YIELDS_MAX = 8          # loop turns a group commit may wait for more records
+_STEP_BUFFERS_KEPT = 8          # idle page-aligned step buffers a node keeps for the next streams
 
 
 class ShardStoreError(Exception):
@@ -149,6 +181,20 @@ class Stats:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _verify_checksums(computed: list[bytes], expected, verified: int) -> int:
+    """Compare the block checksums computed since `verified` with the sender's; returns
+    how many are verified. The sender's arrive no later than their bytes."""
+    count = len(computed)
+    if count > verified and list(expected[verified:count]) != computed[verified:count]:
+        raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
+    return count
+
+
+def _close_buffer(buffer: mmap.mmap) -> None:
+    with contextlib.suppress(BufferError):     # still exported: the garbage collector frees it
+        buffer.close()
 
 
 class _Syncer:
@@ -237,6 +283,7 @@ class Node:
         self._free_seen_s = -1.0            # ... at this monotonic time (never yet)
         self._admitted_since_seen = 0       # record bytes admitted since then
         self._syncer: _Syncer | None = _Syncer(disk) if disk.blocking else None
+        self._step_buffers: list[mmap.mmap] = []   # idle page-aligned buffers of streamed puts
 
     # ================================================================ open / close
 
@@ -358,6 +405,9 @@ class Node:
         self._close_syncer()
         self.index.close()
         self.disk.close()
+        for buffer in self._step_buffers:
+            _close_buffer(buffer)
+        self._step_buffers.clear()
         self.failed = RuntimeError("node closed")
 
     def spawn(self, coroutine) -> asyncio.Task:
@@ -655,46 +705,109 @@ class Node:
 
         return await self._append_streamed(header, pieces(), sender_checksums), header.put_time_us
 
+    def _step_layout(self) -> tuple[int, bool]:
+        """(bytes per data step, whether steps go direct): SHARD_WRITE_STEP_BYTES, cut
+        down to a multiple of the disk's direct alignment when it has one."""
+        step = self.limits.SHARD_WRITE_STEP_BYTES
+        alignment = self.disk.direct_alignment
+        if alignment and step >= alignment:
+            return step - step % alignment, True
+        return step, False
+
+    def _take_buffer(self, size: int) -> mmap.mmap:
+        while self._step_buffers:
+            buffer = self._step_buffers.pop()
+            if len(buffer) == size:
+                return buffer
+            _close_buffer(buffer)
+        return aligned_buffer(size)
+
+    def _give_buffers(self, buffers: list[mmap.mmap]) -> None:
+        for buffer in buffers:
+            if len(self._step_buffers) < _STEP_BUFFERS_KEPT:
+                self._step_buffers.append(buffer)
+            else:
+                _close_buffer(buffer)
+
     async def _append_streamed(self, header: Header, pieces: AsyncIterator[bytes],
                                expected_checksums: list[bytes] | None) -> str:
-        """Step 2 on a head of its own, in SHARD_WRITE_STEP_BYTES steps (each fsynced on
-        a real disk, so the page cache never holds a whole shard). An error or a
-        cancellation before the trailer is written cuts the record off again."""
+        """Step 2 on a head of its own, cut as the module docstring's "Streamed records"
+        says: the header and the first data bytes up to an aligned offset buffered, whole
+        steps direct (or buffered and each fsynced, without O_DIRECT) from two page-aligned
+        buffers, one filling while the other is written, then the rest and the trailer
+        buffered. An error or a cancellation before the trailer is written cuts the record
+        off again."""
         head = self._acquire_head()
         name = fmt.extent_name(head.extent)
         start = head.size
         header_raw = fmt.encode_header(header)
-        step = self.limits.SHARD_WRITE_STEP_BYTES
-        checksums: list[bytes] = []
-        position = start
-        pending = bytearray(header_raw)
+        step, direct = self._step_layout()
+        alignment = self.disk.direct_alignment
+        data_start = start + fmt.HEADER_BYTES
+        steps_from = -(-data_start // alignment) * alignment if direct else data_start
+        prefix = bytearray(header_raw)          # the bytes of [start, steps_from), written buffered
+        summer = fmt.BlockChecksummer(header.block_size)
+        verified = 0
+        position = start                        # every byte below it is written or being written
+        buffers: list[mmap.mmap] = []           # [filling, spare]; the spare may be in flight
+        fill = 0
+        in_flight: asyncio.Future | None = None
         received = 0
         queued = False
-        steps: list[asyncio.Future] = []
         try:
             async for piece in pieces:
                 received += len(piece)
                 if received > header.length:
                     raise BadShardRequest("shard longer than its length")
-                pending += piece
-                if len(pending) >= step + fmt.HEADER_BYTES:
-                    cut = len(pending) - (len(pending) - (fmt.HEADER_BYTES if position == start else 0)) % header.block_size
-                    position = await self._write_step(name, position, pending, cut, start, header.block_size,
-                                                      checksums, steps)
-                    if expected_checksums is not None and \
-                            checksums != list(expected_checksums[:len(checksums)]):
-                        raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
-                    del pending[:cut]
+                summer.feed(piece)
+                if expected_checksums is not None:
+                    verified = _verify_checksums(summer.checksums, expected_checksums, verified)
+                view = memoryview(piece)
+                if len(prefix) < steps_from - start:
+                    take = steps_from - start - len(prefix)
+                    prefix += view[:take]
+                    view = view[take:]
+                while view:
+                    if not buffers:
+                        buffers = [self._take_buffer(step), self._take_buffer(step)]
+                    take = min(step - fill, len(view))
+                    buffers[0][fill:fill + take] = view[:take]
+                    fill += take
+                    view = view[take:]
+                    if fill < step:
+                        continue
+                    if position == start:
+                        self.disk.write(name, start, prefix)
+                        position = steps_from
+                    if in_flight is not None:
+                        await asyncio.shield(in_flight)
+                    in_flight = self._start_step(name, position, buffers[0], step, direct, sync=not direct)
+                    position += step
+                    buffers.reverse()
+                    fill = 0
             if received != header.length:
                 raise BadShardRequest("shard shorter than its length")
-            data_start = fmt.HEADER_BYTES if position == start else 0
-            checksums += fmt.block_checksums(memoryview(pending)[data_start:], header.block_size)
+            checksums = summer.finish()
             if expected_checksums is not None and checksums != list(expected_checksums):
                 raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
+            if in_flight is not None:
+                await asyncio.shield(in_flight)
+            if position == start:               # no whole step: one buffered write, as a small put
+                tail = prefix + (buffers[0][:fill] if buffers else b"")
+            else:
+                aligned = fill - fill % alignment if direct else 0
+                if direct:
+                    # The aligned rest direct too, then one fdatasync: every data byte is
+                    # durable before the trailer that makes the record complete is written.
+                    in_flight = self._start_step(name, position, buffers[0], aligned, True, sync=True)
+                    if in_flight is not None:
+                        await asyncio.shield(in_flight)
+                    position += aligned
+                tail = bytearray(buffers[0][aligned:fill])
             seq = self._take_seq()
-            pending += fmt.encode_trailer(header_raw, checksums, seq)
-            self.disk.write(name, position, pending)
-            position += len(pending)
+            tail += fmt.encode_trailer(header_raw, checksums, seq)
+            self.disk.write(name, position, tail)
+            position += len(tail)
             head.size = position
             self.extent_sizes[head.extent] = position
             entry = self._entry_for(header, Location(head.extent, start), checksums)
@@ -705,33 +818,41 @@ class Node:
                 raise DiskFull(f"write failed: {error}") from error
             raise
         finally:
+            writing = in_flight is not None and not in_flight.done()
             if not queued and not self.abandoned:     # aborted before the trailer: cut it off
-                if steps and not steps[-1].done():
-                    await asyncio.wait(steps)          # a thread may still be writing
+                if writing:
+                    await asyncio.wait([in_flight])     # a thread may still be writing
+                    writing = False
+                    if not in_flight.cancelled():
+                        in_flight.exception()           # retrieved: the record is cut off anyway
                 self.disk.truncate(name, start)
                 head.size = start
                 self.extent_sizes[head.extent] = start
                 self._release_head(head)
+            if buffers and not writing:
+                self._give_buffers(buffers)
         return await future
 
-    async def _write_step(self, name: str, position: int, pending: bytearray, cut: int, start: int,
-                          block_size: int, checksums: list[bytes], steps: list[asyncio.Future]) -> int:
-        view = memoryview(pending)[:cut]
-        data_start = fmt.HEADER_BYTES if position == start else 0
-        checksums += fmt.block_checksums(view[data_start:], block_size)
-        chunk = bytes(view)
-        view.release()
+    def _start_step(self, name: str, position: int, buffer: mmap.mmap, length: int, direct: bool,
+                    sync: bool) -> asyncio.Future | None:
+        """Write buffer[:length] at `position` (then fdatasync if `sync`): on a thread for
+        a real disk, returning its future; inline (returning None) for a simulated one."""
         if self.disk.blocking:
-            step = asyncio.ensure_future(asyncio.to_thread(self._write_and_sync, name, position, chunk))
-            steps[:] = [step]
-            await step
-        else:
-            self.disk.write(name, position, chunk)
-        return position + len(chunk)
+            return asyncio.get_running_loop().run_in_executor(
+                None, self._write_step, name, position, buffer, length, direct, sync)
+        self._write_step(name, position, buffer, length, direct, sync)
+        return None
 
-    def _write_and_sync(self, name: str, position: int, chunk: bytes) -> None:
-        self.disk.write(name, position, chunk)
-        self.disk.sync(name)
+    def _write_step(self, name: str, position: int, buffer: mmap.mmap, length: int, direct: bool,
+                    sync: bool) -> None:
+        if length:
+            with memoryview(buffer) as whole, whole[:length] as view:
+                if direct:
+                    self.disk.write_direct(name, position, view)
+                else:
+                    self.disk.write(name, position, view)
+        if sync:
+            self.disk.sync(name)
 
     # ================================================================ delete
 
