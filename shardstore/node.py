@@ -917,7 +917,9 @@ class Node:
         length = min((last + 1) * block, entry.length) - offset
         name = fmt.extent_name(entry.location.extent)
         if self.disk.blocking and length > 256 * 1024:
-            data = await asyncio.to_thread(self.disk.read, name, entry.data_offset + offset, length)
+            # Large reads bypass the page cache: a cold read through it costs ~2 ms of
+            # CPU per MiB here, a direct one ~0.15 (and streamed shards are written direct).
+            data = await asyncio.to_thread(self.disk.read_direct, name, entry.data_offset + offset, length)
         else:
             data = self.disk.read(name, entry.data_offset + offset, length)
         view = memoryview(data)

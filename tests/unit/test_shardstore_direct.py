@@ -9,7 +9,8 @@ written both buffered and direct; the extent bytes equal those of the same puts 
 without O_DIRECT; a crash at any point of direct streams loses nothing acknowledged
 and leaves no half-record; the block checksums do not depend on how a stream is cut;
 golden extents (written by the version-1 code before this change, zlib+base64 below)
-recover and read back; a filesystem refusing O_DIRECT falls back to buffered writes.
+recover and read back; a filesystem refusing O_DIRECT falls back to buffered writes;
+`read_direct` returns what `read` does, for any offset and length.
 The SIGKILL of a real process: tests/integration/test_shardstore_direct_kill.py.
 """
 
@@ -311,6 +312,22 @@ def test_real_disk_direct_streams_read_back_and_an_abort_is_cut_off(run, tmp_pat
     for shard, data in stored.items():
         assert run(node.read_all(shard)) == data
     assert not node.corrupt
+
+
+def test_read_direct_returns_what_read_returns(tmp_path):
+    disk = RealDisk(str(tmp_path / "extents"))
+    disk.create("extent-0000000000")
+    rng = random.Random(8)
+    data = rng.randbytes(3 << 20)
+    disk.write("extent-0000000000", 0, data)
+    disk.sync("extent-0000000000")
+    disk.write("extent-0000000000", len(data), b"dirty, unsynced tail")       # in the cache only
+    whole = data + b"dirty, unsynced tail"
+    for _ in range(200):
+        offset = rng.randrange(0, len(whole))
+        length = rng.choice([0, 1, 4095, 4096, 4097, 70_000, 1 << 20, 2 << 20])
+        assert disk.read_direct("extent-0000000000", offset, length) == whole[offset:offset + length]
+    disk.close()
 
 
 def _refuse_o_direct(monkeypatch) -> None:
