@@ -93,6 +93,7 @@ class RealDisk:
         self._direct_fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
         self._read_buffers = threading.local()     # each reading thread's page-aligned buffer
+        self._open_lock = threading.Lock()
         self.direct_alignment = DIRECT_ALIGNMENT_BYTES if self._direct_works() else 0
 
     def _direct_works(self) -> bool:
@@ -203,7 +204,10 @@ class RealDisk:
     def _direct_fd(self, name: str) -> int:
         fd = self._direct_fds.get(name)
         if fd is None:
-            fd = self._direct_fds[name] = os.open(self._path(name), os.O_RDWR | os.O_DIRECT)
+            with self._open_lock:          # reading threads race here: open once, leak none
+                fd = self._direct_fds.get(name)
+                if fd is None:
+                    fd = self._direct_fds[name] = os.open(self._path(name), os.O_RDWR | os.O_DIRECT)
         return fd
 
     def read(self, name: str, offset: int, length: int) -> bytes:
