@@ -56,9 +56,11 @@ a page is written either buffered or direct, never both. Linux would keep a mix
 coherent anyway (an O_DIRECT write first writes back, then invalidates, the cached
 pages of its range), only slower. A crash before the trailer is durable leaves a torn
 record, cut off by recovery like any other; a direct write, like a buffered one, is
-durable only once fdatasync returns. Reads of more than 256 KiB use
-`disk.read_direct` (the aligned pages around the range): streamed shards are not in
-the page cache, and a cold read through it costs ~2 ms of CPU per MiB here.
+durable only once fdatasync returns. Reads of more than 256 KiB go direct the first
+time (`disk.read_direct`, the aligned pages around the range: streamed shards are not
+in the page cache, and a cold read through it costs ~2 ms of CPU per MiB here) and
+through the page cache when the same range is read again soon (`_read_again`), so
+hot objects are served from memory.
 
 Recovery (`Node.open`): read the checkpoint; scan every extent from the offset the
 checkpoint covers; a record whose header or trailer fails its check ends that
@@ -86,6 +88,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -111,6 +114,7 @@ log = logging.getLogger("cairn.shardstore")
 _FREE_BYTES_TTL_S = 0.05        # how stale admission's view of free space may get
 _GATHER_YIELDS_MAX = 8          # loop turns a group commit may wait for more records
 _STEP_BUFFERS_KEPT = 8          # idle page-aligned step buffers a node keeps for the next streams
+_RECENT_READS_MAX = 4096        # large reads remembered, to send a second one through the page cache
 
 
 class ShardStoreError(Exception):
@@ -291,6 +295,7 @@ class Node:
         self._admitted_since_seen = 0       # record bytes admitted since then
         self._syncer: _Syncer | None = _Syncer(disk) if disk.blocking else None
         self._step_buffers: list[mmap.mmap] = []   # idle page-aligned buffers of streamed puts
+        self._recent_reads: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
 
     # ================================================================ open / close
 
@@ -918,15 +923,29 @@ class Node:
             self.in_flight -= 1
             self._readers[extent] -= 1
 
+    def _read_again(self, extent: int, offset: int) -> bool:
+        """Whether a large read at (extent, offset) was made recently: a first read goes
+        direct (a cold read through the page cache costs ~2 ms of CPU per MiB here, a
+        direct one ~0.15), a second one through the page cache, which then keeps the
+        bytes for the reads after it (a hot read costs ~0.2)."""
+        key = (extent, offset)
+        if key in self._recent_reads:
+            self._recent_reads.move_to_end(key)
+            return True
+        self._recent_reads[key] = None
+        if len(self._recent_reads) > _RECENT_READS_MAX:
+            self._recent_reads.popitem(last=False)
+        return False
+
     async def _read_blocks(self, shard: ShardId, entry: Entry, first: int, last: int) -> bytes:
         block = entry.block_size
         offset = first * block
         length = min((last + 1) * block, entry.length) - offset
         name = fmt.extent_name(entry.location.extent)
         if self.disk.blocking and length > 256 * 1024:
-            # Large reads bypass the page cache: a cold read through it costs ~2 ms of
-            # CPU per MiB here, a direct one ~0.15 (and streamed shards are written direct).
-            data = await asyncio.to_thread(self.disk.read_direct, name, entry.data_offset + offset, length)
+            start = entry.data_offset + offset
+            read = self.disk.read if self._read_again(entry.location.extent, start) else self.disk.read_direct
+            data = await asyncio.to_thread(read, name, start, length)
         else:
             data = self.disk.read(name, entry.data_offset + offset, length)
         view = memoryview(data)

@@ -10,7 +10,8 @@ without O_DIRECT; a crash at any point of direct streams loses nothing acknowled
 and leaves no half-record; the block checksums do not depend on how a stream is cut;
 golden extents (written by the version-1 code before this change, zlib+base64 below)
 recover and read back; a filesystem refusing O_DIRECT falls back to buffered writes;
-`read_direct` returns what `read` does, for any offset and length.
+`read_direct` returns what `read` does, for any offset and length; a large read goes
+direct the first time and through the page cache when repeated.
 The SIGKILL of a real process: tests/integration/test_shardstore_direct_kill.py.
 """
 
@@ -328,6 +329,28 @@ def test_read_direct_returns_what_read_returns(tmp_path):
         length = rng.choice([0, 1, 4095, 4096, 4097, 70_000, 1 << 20, 2 << 20])
         assert disk.read_direct("extent-0000000000", offset, length) == whole[offset:offset + length]
     disk.close()
+
+
+def test_a_large_read_goes_direct_first_and_through_the_page_cache_when_repeated(run, tmp_path):
+    disk = RealDisk(str(tmp_path / "extents"))
+    calls = []
+    for method in ("read", "read_direct"):
+        original = getattr(disk, method)
+
+        def counted(*arguments, original=original, method=method):
+            calls.append(method)
+            return original(*arguments)
+
+        setattr(disk, method, counted)
+    limits = Limits(EXTENT_MAX_BYTES=4 << 20, CHECKSUM_BLOCK=4096, SHARD_WRITE_STEP_BYTES=65536,
+                    SHARD_MAX_BYTES=1 << 20, SHARD_CHUNK_MAX_BYTES=65536)
+    node = run.open(disk, str(tmp_path / "index"), limits)
+    data = random.Random(9).randbytes(600_000)                # read in one piece above 256 KiB
+    run(stream(node, A, data, 65536))
+    calls.clear()
+    for _ in range(3):
+        assert run(node.read_all(A)) == data
+    assert calls == ["read_direct", "read", "read"]
 
 
 def _refuse_o_direct(monkeypatch) -> None:
