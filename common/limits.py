@@ -71,7 +71,7 @@ class Limits:
     HOT_FACTOR: float = 2.0                     # a disk above this × the median bytes/s is hot (DESIGN §8)
     DISK_STAT_INTERVAL_MS: int = 1000           # the disk monitor's Stat round
     SHARD_CALL_TIMEOUT_MS: int = 10_000         # deadline of one shard call (put, get, delete, stat)
-    BLOB_READ_PREFETCH_STRIPES: int = 2         # stripes a GET fetches ahead of the one it yields
+    BLOB_READ_PREFETCH_STRIPES: int = 3         # stripes a GET fetches ahead of the one it yields
     SMALL_PUT_BATCH_MAX: int = 64               # small shards per put_many call to one disk
     SMALL_PUT_BATCH_MAX_BYTES: int = 8 * MiB    # ... and their bytes
     # Garbage and repair (DESIGN §14: index/reaper.py, index/sweep.py, index/repair.py, index/maintain.py).
