@@ -25,6 +25,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,3 +236,43 @@ def client_factory():
 def server_starter():
     """`start_server` as a fixture, for modules that need their own kind of server."""
     return start_server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ShardstoreProcess:
+    """One `cairn shardstore` process on one disk, gRPC only, no scrubber: started,
+    SIGKILLed or stopped by the kill tests (every test stops what it started)."""
+
+    def __init__(self, disk: str) -> None:
+        self.disk = disk
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shardstore.main", "--disk", self.disk, "--listen", self.address, "--no-scrub",
+             "--log-level", "WARNING"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline()
+        assert line.strip() == f"listening: {self.address}", line
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return self.process.returncode if self.process else 0

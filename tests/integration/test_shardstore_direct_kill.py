@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 
 import grpc
 import pytest
 
+from conftest import ShardstoreProcess
 from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
 from shardstore.disk import RealDisk
@@ -34,41 +31,8 @@ MiB = 1 << 20
 SHARD_BYTES = 6 * MiB
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
-
-class StoreProcess:
-    def __init__(self, disk: str) -> None:
-        self.disk = disk
-        self.address = f"127.0.0.1:{_free_port()}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "shardstore.main", "--disk", self.disk, "--listen", self.address, "--no-scrub",
-             "--log-level", "WARNING"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.process.stdout.readline()
-        assert line.strip() == f"listening: {self.address}", line
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> int:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        return self.process.returncode if self.process else 0
-
+class StoreProcess(ShardstoreProcess):
     def extents_open_direct(self) -> int:
         """How many extent files the process holds open with O_DIRECT (from /proc)."""
         count = 0
