@@ -26,7 +26,6 @@ from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
 from shardstore.disk import RealDisk
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 1 << 20
 SHARD_BYTES = 6 * MiB
 

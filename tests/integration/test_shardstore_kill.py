@@ -25,7 +25,6 @@ from conftest import ShardstoreProcess
 from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 
