@@ -14,7 +14,6 @@ INVALID_ARGUMENT for a shard that does not fit its one message).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import tempfile
 
