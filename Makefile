@@ -24,7 +24,7 @@ test: $(STAMP)  ## the default test run (CI runs this)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 test-deep: $(STAMP)  ## longer hypothesis profiles and crash storms
-	CAIRN_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m 'deep or not deep' $(ARGS)
+	CAIRN_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=7200 -m 'deep or not deep' $(ARGS)
 
 bench: $(STAMP)  ## the benchmarks, with the machine they ran on
 	$(BIN)/python -m bench.s3_bench $(ARGS)
