@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import sys
 import time
@@ -25,6 +24,7 @@ from common import config as configuration
 from common.layout import DataLayout, LayoutWatcher, parse_layout
 from common.limits import Limits
 from frontend.dataplane.file_blobs import FileBlobStore
+from shardstore.blobstore import ShardBlobStore, disk_specs, layout_limits
 from frontend.server import build_app, serve
 from index.client import ClusterMetadataStore
 from index.transport import JournalTransport
@@ -37,31 +37,21 @@ def _clock_us() -> int:
 
 class LayoutFollower:
     """The cluster BlobStore over the layout's disks, kept in step with the layout file:
-    one ShardClient per shardstore process (by name and address), each disk in its
+    one ShardClient per shardstore process (by data address), each disk in its
     failure domain, EC parameters from the layout; disks added or marked out by
     `cairn disk` reach the store within a second."""
 
     def __init__(self, path: str, layout: DataLayout, limits: Limits) -> None:
-        from shardstore.blobstore import ShardBlobStore
 
         self.path = path
         self.watcher = LayoutWatcher(path)
-        self.limits = dataclasses.replace(limits, EC_K=layout.k, EC_M=layout.m)
-        self.clients: dict[tuple[str, str], object] = {}
+        self.limits = layout_limits(layout, limits)
+        self.clients: dict[str, object] = {}          # data address -> ShardClient, kept across reloads
         self.blobs = ShardBlobStore(self._disks(layout), limits=self.limits)
         self._task: asyncio.Task | None = None
 
     def _disks(self, layout: DataLayout) -> dict:
-        from shardstore.blobstore import DiskSpec
-        from shardstore.client import ShardClient
-
-        disks = {}
-        for disk in layout.disks(include_out=True):
-            key = (disk.store, disk.data_address)
-            if key not in self.clients:
-                self.clients[key] = ShardClient(disk.data_address, limits=self.limits)
-            disks[disk.id] = DiskSpec(self.clients[key], disk.domain)
-        return disks
+        return disk_specs(layout, self.limits, self.clients)
 
     async def start(self) -> None:
         self.blobs.set_layout(self._disks(self.watcher.layout),

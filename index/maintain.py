@@ -34,14 +34,13 @@ import time
 from common import config as configuration
 from common.layout import DataLayout, LayoutWatcher
 from common.limits import Limits
-from shardstore.blobstore import DiskSpec, ShardBlobStore
+from shardstore.blobstore import ShardBlobStore, disk_specs, layout_limits
 from index.client import ClusterMetadataStore
 from index.reaper import Reaper
 from index.repair import Repair
 from index.sweep import Sweep
 from index.transport import JournalTransport
 from journal.server import load_config
-from shardstore.client import ShardClient
 
 log = logging.getLogger("cairn.maintain")
 LAYOUT_POLL_S = 1.0
@@ -52,15 +51,10 @@ def _clock_us() -> int:
 
 
 def build_blob_store(layout: DataLayout, limits: Limits, clock_us=_clock_us) -> ShardBlobStore:
-    """A BlobStore over every disk of `layout` (out ones too), one client per shardstore process."""
-    clients: dict[str, ShardClient] = {}
-    specs = {}
-    for disk in layout.disks(include_out=True):
-        client = clients.get(disk.data_address)
-        if client is None:
-            client = clients[disk.data_address] = ShardClient(disk.data_address, limits=limits)
-        specs[disk.id] = DiskSpec(client, disk.domain)
-    return ShardBlobStore(specs, limits=limits, clock_us=clock_us)
+    """A BlobStore over every disk of `layout` (out ones too), one client per shardstore
+    process, with the layout's EC parameters."""
+    limits = layout_limits(layout, limits)
+    return ShardBlobStore(disk_specs(layout, limits), limits=limits, clock_us=clock_us)
 
 
 class Maintainer:

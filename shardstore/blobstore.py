@@ -134,6 +134,26 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def layout_limits(layout, limits: Limits) -> Limits:
+    """The limits a BlobStore over `layout` (common/layout.DataLayout) runs with: its EC parameters."""
+    return replace(limits, EC_K=layout.k, EC_M=layout.m)
+
+
+def disk_specs(layout, limits: Limits, clients: dict | None = None) -> dict[str, DiskSpec]:
+    """Every disk of `layout` (`out` ones too: the store treats them as down) with the
+    client of the shardstore process serving it — one ShardClient per data address,
+    taken from `clients` when it has one and added to it otherwise."""
+    from shardstore.client import ShardClient
+
+    clients = {} if clients is None else clients
+    specs = {}
+    for disk in layout.disks(include_out=True):
+        if disk.data_address not in clients:
+            clients[disk.data_address] = ShardClient(disk.data_address, limits=limits)
+        specs[disk.id] = DiskSpec(clients[disk.data_address], disk.domain)
+    return specs
+
+
 class ShardBlobStore:
     def __init__(self, layout: Mapping[str, DiskSpec | tuple], *, limits: Limits = DEFAULT_LIMITS,
                  rng: random.Random | None = None, code_path: str | None = None,
