@@ -335,7 +335,7 @@ async def run(arguments: argparse.Namespace, server: Server) -> list[Result]:
             else:
                 method, size_name, depth, degraded = _WORKLOAD.match(workload).groups()
                 if degraded:
-                    async with two_data_disks_down(ctx):
+                    async with TwoDataDisksDown(ctx):
                         result = await run_rw(ctx, workload, method.upper(), size_name, int(depth or 1))
                 else:
                     result = await run_rw(ctx, workload, method.upper(), size_name, int(depth or 1))
@@ -352,7 +352,7 @@ async def run(arguments: argparse.Namespace, server: Server) -> list[Result]:
     return ctx.results
 
 
-class two_data_disks_down:
+class TwoDataDisksDown:
     """`...deg` workloads (--cluster --process-per-disk): SIGKILL the shardstore processes
     holding data slots 0 and 1 of the newest 64 MiB object (found by listing every
     disk), with the supervisor SIGSTOPped so nothing restarts until the workload ends;

@@ -10,7 +10,8 @@
         placement never picks it again. The id is never reused.
     cairn disk add ID --path P --store NAME [--domain D] --cluster FILE
         append disk ID to shardstore process NAME; that process must then be
-        restarted with `--disk ID=P` to serve it.
+        restarted with `--disk ID=P` to serve it (`cairn dev` does so itself: it
+        follows the file).
 
 The layout is the `[[shardstores]]` part of the cluster TOML (common/layout.py),
 the disk map of this first version; every process that touches shards reloads it

@@ -91,14 +91,14 @@ def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1", *, process_per_d
                  for index in range(DEV_DISKS)]
     else:
         (k, m), disks = previous
-    _free_port = _Ports(host)   # a port per call, distinct within this file
+    next_port = _Ports(host)   # a port per call, distinct within this file
     lines = ["# Written by `cairn dev` at each start: node and disk ids name the data, ports are fresh.",
              "# `cairn disk add/remove --cluster THIS_FILE` edits the disks; they are kept across starts.",
              "[journal]", "ack_wait_ms = 1000", "resend_after_ms = 100", "read_wait_ms = 50", ""]
     for node in range(METADATA_NODES):
         directory = data_dir / "meta" / str(node)
         directory.mkdir(parents=True, exist_ok=True)
-        lines += ["[[nodes]]", f"id = {node}", f'host = "{host}"', f"port = {_free_port()}",
+        lines += ["[[nodes]]", f"id = {node}", f'host = "{host}"', f"port = {next_port()}",
                   f"data_dir = {_quote(str(directory))}", ""]
     lines += ["[data]", f"ec_k = {k}", f"ec_m = {m}", ""]
     if process_per_disk:
@@ -109,11 +109,11 @@ def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1", *, process_per_d
     for number, group in enumerate(groups):
         name = f"store-{group[0]['id']}" if process_per_disk else f"store-{number}"
         lines += ["[[shardstores]]", f"name = {_quote(name)}", f'host = "{host}"',
-                  f'data_address = "{host}:{_free_port()}"', f'grpc_address = "{host}:{_free_port()}"', ""]
+                  f'data_address = "{host}:{next_port()}"', f'grpc_address = "{host}:{next_port()}"', ""]
         for disk in group:
             lines += ["[[shardstores.disks]]", f"id = {_quote(disk['id'])}", f"path = {_quote(disk['path'])}",
                       f"domain = {_quote(disk['domain'])}", f"state = {_quote(disk['state'])}", ""]
-    _free_port.close()
+    next_port.close()
     path.write_text("\n".join(lines))
     return path
 
