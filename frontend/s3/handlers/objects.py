@@ -213,7 +213,8 @@ async def _read(services: Services, request: Request, *, head: bool) -> Response
     if "partNumber" in request.query:
         if request.headers.get("range"):
             raise errors.InvalidRequest("Cannot specify both Range header and partNumber query parameter.")
-        return await _read_part(services, request, record, head=head)
+        return await _read_part(services, request, record, head=head,
+                                 refresh=_refresher(services, bucket, request.key, record))
     check_read_conditions(request.headers, record)
     headers = object_headers(record)
     byte_range = parse_range(request.headers.get("range"), record.size)
@@ -242,7 +243,8 @@ def _refresher(services: Services, bucket, key: str, record: ObjectRecord):
     return refresh
 
 
-async def _read_part(services: Services, request: Request, record: ObjectRecord, *, head: bool) -> Response:
+async def _read_part(services: Services, request: Request, record: ObjectRecord, *, head: bool,
+                     refresh=None) -> Response:
     """GetObject/HeadObject with `partNumber`: one part of a multipart object;
     part 1 of a single-part object is the whole object."""
     text = request.query["partNumber"]
@@ -264,7 +266,7 @@ async def _read_part(services: Services, request: Request, record: ObjectRecord,
     if parts is not None:
         headers.append(("content-range", f"bytes {start}-{end - 1}/{record.size}" if end > start else f"bytes */{record.size}"))
     _apply_overrides(request, headers)
-    body = b"" if head else read_body(services, record.body, record.size, start, end)
+    body = b"" if head else read_body(services, record.body, record.size, start, end, refresh)
     return Response(status=206 if parts is not None else 200, headers=headers, body=body, content_length=end - start)
 
 
