@@ -22,6 +22,7 @@ import tomllib
 
 from common import config as configuration
 from common.layout import DataLayout, LayoutWatcher, parse_layout
+from common.memory import keep_freed_memory
 from common.limits import Limits
 from frontend.dataplane.file_blobs import FileBlobStore
 from shardstore.blobstore import ShardBlobStore, disk_specs, layout_limits
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import uvloop
 
+    keep_freed_memory()
     return uvloop.run(run(arguments))
 
 

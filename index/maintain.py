@@ -34,6 +34,7 @@ import time
 from common import config as configuration
 from common.layout import DataLayout, LayoutWatcher
 from common.limits import Limits
+from common.memory import keep_freed_memory
 from shardstore.blobstore import ShardBlobStore, disk_specs, layout_limits
 from index.client import ClusterMetadataStore
 from index.reaper import Reaper
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import uvloop
 
+    keep_freed_memory()         # repair moves shard bytes a MiB at a time
     return uvloop.run(run(arguments))
 
 

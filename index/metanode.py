@@ -22,6 +22,7 @@ import sys
 import time
 
 from common.limits import DEFAULT_LIMITS, Limits
+from common.memory import keep_freed_memory
 from index.replica import IndexReplica
 from journal.main import serve
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import uvloop
 
+    keep_freed_memory()
     uvloop.run(serve(arguments.node, arguments.config, _index_applier(arguments.node, limits)))
     return 0
 

@@ -26,6 +26,7 @@ import sys
 import time
 
 from common.limits import DEFAULT_LIMITS
+from common.memory import keep_freed_memory
 from shardstore.disk import RealDisk
 from shardstore.framed import Disks, FramedServer
 from shardstore.node import Node
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     logging.basicConfig(level=arguments.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    keep_freed_memory()
     try:
         import uvloop
         uvloop.install()
