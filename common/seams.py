@@ -402,7 +402,9 @@ class BlobStore(Protocol):
         stream yields another number of bytes, raises ValueError and keeps nothing."""
 
     def read(self, ref: BlobRef, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes `[start, end)` of the blob, streamed; checked against checksums."""
+        """Bytes `[start, end)` of the blob, streamed; checked against checksums. A
+        piece is `bytes` or a `bytearray` that nobody writes to again (a large piece
+        arrives from the network as one; copying it to bytes would cost CPU per MiB)."""
 
     async def delete(self, ref: BlobRef) -> None:
         """Idempotent."""

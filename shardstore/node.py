@@ -60,7 +60,8 @@ durable only once fdatasync returns. Reads of more than 256 KiB go direct the fi
 time (`disk.read_direct`, the aligned pages around the range: streamed shards are not
 in the page cache, and a cold read through it costs ~2 ms of CPU per MiB here) and
 through the page cache when the same range is read again soon (`_read_again`), so
-hot objects are served from memory.
+hot objects are served from memory: on the event loop when every byte is cached
+(`disk.read_cached`, which never waits for the disk), else on a thread.
 
 Recovery (`Node.open`): read the checkpoint; scan every extent from the offset the
 checkpoint covers; a record whose header or trailer fails its check ends that
@@ -894,7 +895,8 @@ class Node:
 
     async def read(self, shard: ShardId, start: int = 0, end: int | None = None,
                    piece_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Yield the bytes [start, end) of a shard in verified pieces of about `piece_bytes`."""
+        """Yield the bytes [start, end) of a shard in verified pieces of about `piece_bytes`
+        (each `bytes`, or a `bytearray` the caller alone holds)."""
         entry = self.locate(shard)
         end = entry.length if end is None else end
         if not 0 <= start <= end <= entry.length:
@@ -918,7 +920,7 @@ class Node:
                 low = max(start - piece_first * block, 0)
                 high = min(end - piece_first * block, len(data))
                 self.heat.read(high - low, time.monotonic())
-                yield data[low:high]
+                yield data if low == 0 and high == len(data) else data[low:high]   # a bytearray's slice copies
         finally:
             self.in_flight -= 1
             self._readers[extent] -= 1
@@ -944,8 +946,12 @@ class Node:
         name = fmt.extent_name(entry.location.extent)
         if self.disk.blocking and length > 256 * 1024:
             start = entry.data_offset + offset
-            read = self.disk.read if self._read_again(entry.location.extent, start) else self.disk.read_direct
-            data = await asyncio.to_thread(read, name, start, length)
+            if not self._read_again(entry.location.extent, start):
+                data = await asyncio.to_thread(self.disk.read_direct, name, start, length)
+            else:
+                data = self.disk.read_cached(name, start, length)
+                if data is None:
+                    data = await asyncio.to_thread(self.disk.read, name, start, length)
         else:
             data = self.disk.read(name, entry.data_offset + offset, length)
         view = memoryview(data)

@@ -106,7 +106,7 @@ class ShardStoreService(pb_grpc.ShardStoreServicer):
                 pieces = await node.read(shard, request.start, end)
                 first = True
                 async for piece in pieces:
-                    yield pb.GetShardResponse(data=piece, length=entry.length if first else 0)
+                    yield pb.GetShardResponse(data=bytes(piece), length=entry.length if first else 0)  # protobuf takes no bytearray
                     first = False
                 if first:
                     yield pb.GetShardResponse(data=b"", length=entry.length)

@@ -28,7 +28,7 @@ import pytest
 
 from common.limits import Limits
 from shardstore import format as fmt
-from shardstore.disk import RealDisk, SimDisk
+from shardstore.disk import RealDisk, SimDisk, aligned_buffer
 from shardstore.node import Node, ShardId, ShardNotFound
 
 LIMITS = Limits(EXTENT_MAX_BYTES=64 * 1024, CHECKSUM_BLOCK=256, SHARD_WRITE_STEP_BYTES=1024,
@@ -331,10 +331,26 @@ def test_read_direct_returns_what_read_returns(tmp_path):
     disk.close()
 
 
+def test_read_cached_never_waits_for_the_disk_and_returns_what_read_returns(tmp_path):
+    disk = RealDisk(str(tmp_path / "extents"))
+    if not disk.direct_alignment:
+        pytest.skip("this filesystem takes no O_DIRECT write, so nothing can be written past the cache")
+    disk.create("extent-0000000000")
+    data = random.Random(10).randbytes(1 << 20)
+    buffer = aligned_buffer(len(data))
+    buffer.write(data)
+    disk.write_direct("extent-0000000000", 0, buffer)          # on the disk, not in the page cache
+    disk.sync("extent-0000000000")
+    assert disk.read_cached("extent-0000000000", 0, len(data)) is None
+    assert disk.read("extent-0000000000", 0, len(data)) == data  # now cached
+    assert disk.read_cached("extent-0000000000", 4096, 70_000) == data[4096:74_096]
+    disk.close()
+
+
 def test_a_large_read_goes_direct_first_and_through_the_page_cache_when_repeated(run, tmp_path):
     disk = RealDisk(str(tmp_path / "extents"))
     calls = []
-    for method in ("read", "read_direct"):
+    for method in ("read", "read_direct", "read_cached"):
         original = getattr(disk, method)
 
         def counted(*arguments, original=original, method=method):
@@ -350,7 +366,11 @@ def test_a_large_read_goes_direct_first_and_through_the_page_cache_when_repeated
     calls.clear()
     for _ in range(3):
         assert run(node.read_all(A)) == data
-    assert calls == ["read_direct", "read", "read"]
+    # The first read goes direct, the second through the page cache (from the loop if
+    # every byte is cached, else a thread: the direct read cached none of them), and by
+    # the third every byte is cached, read from the loop without waiting for the disk.
+    assert calls[0] == "read_direct" and "read_direct" not in calls[1:], calls
+    assert calls[1] == "read_cached" and calls[-1] == "read_cached", calls
 
 
 def _refuse_o_direct(monkeypatch) -> None:
