@@ -74,6 +74,8 @@ class Limits:
     BLOB_READ_PREFETCH_STRIPES: int = 3         # stripes a GET fetches ahead of the one it yields
     SMALL_PUT_BATCH_MAX: int = 64               # small shards per put_many call to one disk
     SMALL_PUT_BATCH_MAX_BYTES: int = 8 * MiB    # ... and their bytes
+    SMALL_GET_BATCH_MAX: int = 64               # small shard reads per get_many call to one disk
+    SMALL_GET_BATCH_MAX_BYTES: int = 8 * MiB    # ... and the bytes of the blocks they may be sent
     # Garbage and repair (DESIGN §14: index/reaper.py, index/sweep.py, index/repair.py, index/maintain.py).
     REAP_INTERVAL_MS: int = 10_000              # between reaper passes over the reap queue
     SWEEP_INTERVAL_MS: int = 3600 * 1000        # between orphan sweeps of every disk
@@ -106,10 +108,11 @@ class Limits:
             problems.append("DISK_RESERVE_FRACTION and SHARD_COMPACT_LIVE_FRACTION must be in (0, 1)")
         if not (self.HOT_FACTOR >= 1 and self.DISK_STAT_INTERVAL_MS > 0 and self.SHARD_CALL_TIMEOUT_MS > 0
                 and self.BLOB_READ_PREFETCH_STRIPES >= 1 and self.SMALL_PUT_BATCH_MAX >= 1
-                and self.SMALL_PUT_BATCH_MAX_BYTES >= self.SMALL_OBJECT_MAX):
+                and self.SMALL_PUT_BATCH_MAX_BYTES >= self.SMALL_OBJECT_MAX and self.SMALL_GET_BATCH_MAX >= 1
+                and self.SMALL_GET_BATCH_MAX_BYTES >= self.SMALL_OBJECT_MAX):
             problems.append("need HOT_FACTOR >= 1, positive DISK_STAT_INTERVAL_MS, SHARD_CALL_TIMEOUT_MS, "
-                            "BLOB_READ_PREFETCH_STRIPES, SMALL_PUT_BATCH_MAX, and "
-                            "SMALL_PUT_BATCH_MAX_BYTES >= SMALL_OBJECT_MAX")
+                            "BLOB_READ_PREFETCH_STRIPES, SMALL_PUT_BATCH_MAX, SMALL_GET_BATCH_MAX, and "
+                            "SMALL_PUT_BATCH_MAX_BYTES, SMALL_GET_BATCH_MAX_BYTES >= SMALL_OBJECT_MAX")
         if not (self.REAP_INTERVAL_MS > 0 and self.SWEEP_INTERVAL_MS > 0 and self.REPAIR_INTERVAL_MS > 0
                 and 1 <= self.MAINTENANCE_PAGE <= self.SHARD_LIST_MAX and self.REPAIR_PROGRESS_EVERY >= 1):
             problems.append("need positive REAP/SWEEP/REPAIR_INTERVAL_MS, MAINTENANCE_PAGE in 1..SHARD_LIST_MAX "

@@ -1,7 +1,8 @@
 """The read side of the cluster BlobStore (shardstore/blobstore.py, whose
 docstring describes it): copies read from the coolest live copy with failover and a
 hedge; RS stripes read as the data chunk ranges they need or decoded from k whole
-chunks, BLOB_READ_PREFETCH_STRIPES ahead.
+chunks, BLOB_READ_PREFETCH_STRIPES ahead; small shard reads bound for one disk
+coalesced into `get_many` calls by that disk's `GetBatcher`.
 
 Invariants: every byte yielded came from a get the client verified against the
 stored block checksums, or from a decode of k such chunks; fewer than k readable is
@@ -22,9 +23,107 @@ from common.framing import ConnectionLost
 from common.placement import DiskId, NotEnoughShards, Placement, read_plan
 from shardstore.blob_write import UNREACHABLE, forget
 from shardstore.format import ShardId
+from shardstore.framed import MANY_ITEMS_MAX, MANY_PAYLOAD_MAX_BYTES
 from shardstore.node import ShardCorrupt
 
 log = logging.getLogger("cairn.blobs")
+
+
+class GetBatcher:
+    """Small shard reads bound for one disk: one `get_many` in flight; what arrives
+    meanwhile goes in the next (no timers), up to SMALL_GET_BATCH_MAX reads and
+    SMALL_GET_BATCH_MAX_BYTES of the blocks they may be sent. The read-side twin of
+    blob_write.PutBatcher; one per disk per ShardBlobStore.
+
+    - A read that finds no batch running starts one at once: its task runs on the
+      loop's next turn, so reads begun in the same turn (a read's prefetched stripes,
+      concurrent GETs) ride along; nothing waits on a timer. A batch of one goes as a
+      plain `get`: the frame a lone read sent before batching, smaller than a
+      GET_MANY of one, so a read that meets no company costs exactly what it did.
+    - Each read has its own outcome: its verified bytes, or its own refusal
+      (ShardNotFound, ShardCorrupt, ...). A failure of the whole call (ConnectionLost,
+      DeadlineExceeded, a refused frame) fails every read of the batch with that
+      error, and the store marks the disk down as for any call, so the Reader fails
+      over and hedges exactly as around a lone `get`.
+    - A reader that gives up cancels its future: a read not yet sent is skipped, a
+      sent one's answer is dropped; the other reads of the batch are unaffected.
+    - A batch waits for the call before it: on a slow disk the Reader's hedge
+      (READ_HEDGE_MS) reads elsewhere, as it does around a slow lone `get`.
+    """
+
+    def __init__(self, store: ShardBlobStore, disk: DiskId) -> None:
+        self.store, self.disk = store, disk
+        self._queue: collections.deque = collections.deque()
+        self._running = False
+
+    def get(self, shard: ShardId, start: int, end: int) -> asyncio.Future:
+        """The bytes [start, end) of `shard` on this disk, verified (or the read's error)."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((shard, start, end, future))
+        if not self._running:
+            self._running = True
+            self.store._spawn(self._run())
+        return future
+
+    async def _run(self) -> None:
+        limits = self.store.limits
+        items_max = min(limits.SMALL_GET_BATCH_MAX, MANY_ITEMS_MAX)
+        bytes_max = min(limits.SMALL_GET_BATCH_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES)
+        slack = 2 * (limits.CHECKSUM_BLOCK - 1)     # a range's blocks reach up to a block past each end
+        try:
+            while self._queue:
+                batch, batch_bytes = [], 0
+                while self._queue and len(batch) < items_max:
+                    shard, start, end, future = self._queue[0]
+                    if future.done():                # its reader gave up before it was sent
+                        self._queue.popleft()
+                        continue
+                    if batch and batch_bytes + end - start + slack > bytes_max:
+                        break
+                    batch.append(self._queue.popleft())
+                    batch_bytes += end - start + slack
+                if not batch:
+                    continue
+                try:
+                    results = await self._send(batch)
+                except BaseException as error:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(error if isinstance(error, Exception) else ConnectionLost("cancelled"))
+                    if not isinstance(error, Exception):
+                        raise
+                    continue
+                for (*_, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result if isinstance(result, Exception) else ConnectionLost("cancelled"))
+                    else:
+                        future.set_result(result)
+        finally:
+            self._running = False
+            for *_, future in self._queue:       # cancelled with reads queued: fail them
+                if not future.done():
+                    future.set_exception(ConnectionLost("blob store closed"))
+            self._queue.clear()
+
+    async def _send(self, batch: list) -> list:
+        """One call for the batch: per read its bytes or its exception; a whole-call failure raises."""
+        client = self.store._client(self.disk)
+        timeout_s = self.store.timeout_s
+        if len(batch) == 1:
+            shard, start, end, _ = batch[0]
+            return [await self.store._call(self.disk, client.get(self.disk, shard, start, end, timeout_s=timeout_s))]
+        get_many = getattr(client, "get_many", None)
+        if get_many is None:
+            # A client twin from before GET_MANY (tests/unit/test_shard_blobs.py's
+            # FakeShardClient): one get per read, each with its own outcome.
+            return await asyncio.gather(*(
+                self.store._call(self.disk, client.get(self.disk, shard, start, end, timeout_s=timeout_s))
+                for shard, start, end, _ in batch), return_exceptions=True)
+        return await self.store._call(self.disk, get_many(
+            self.disk, [(shard, start, end) for shard, start, end, _ in batch], timeout_s=timeout_s))
+
 
 class Reader:
     def __init__(self, store: ShardBlobStore, data_id: bytes, placement) -> None:
@@ -55,13 +154,18 @@ class Reader:
         return [slot for _, slot in sorted(ranked)]
 
     async def _get(self, slot: int, shard_index: int, start: int, end: int):
+        """Every shard read: a small range (at most SMALL_OBJECT_MAX) through the disk's
+        GetBatcher, a larger one as a `get` of its own (its blocks stream as one big payload)."""
         disk = self.disks[slot]
         if disk in self.store.down:
             self.unreachable = True
             raise ConnectionLost(f"disk {disk} is down")
+        shard = ShardId(self.data_id, shard_index)
         try:
+            if end - start <= self.store.limits.SMALL_OBJECT_MAX:
+                return await self.store._get_batcher(disk).get(shard, start, end)
             return await self.store._call(disk, self.store._client(disk).get(
-                disk, ShardId(self.data_id, shard_index), start, end, timeout_s=self.store.timeout_s))
+                disk, shard, start, end, timeout_s=self.store.timeout_s))
         except UNREACHABLE:
             self.unreachable = True
             raise
@@ -248,9 +352,10 @@ class Reader:
 
 
 def _as_bytes(piece):
-    """Bytes as the seam promises (a client may hand back views; a slice of a decoded
-    chunk is one): a copy only then."""
-    return piece if type(piece) is bytes else bytes(piece)
+    """What the seam promises, bytes or a bytearray nobody writes to again (a large
+    payload arrives as one: copying it would cost ~60 µs per MiB here); a view (a
+    slice of a decoded chunk, or of a shard's reply) is copied."""
+    return piece if type(piece) is bytes or type(piece) is bytearray else bytes(piece)
 
 
 def _padded(data, length: int):

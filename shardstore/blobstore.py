@@ -58,6 +58,10 @@ Write (`write`, steps cited in the code):
 
 Read (`read(ref, start, end)`), yielding `[start, end)` in pieces, never buffering
 more than BLOB_READ_PREFETCH_STRIPES + 1 stripes:
+- Every shard read of at most SMALL_OBJECT_MAX bytes goes to its disk's `GetBatcher`
+  (blob_read.py): concurrent small reads bound for one disk ride one `get_many`
+  frame, each with its own outcome; whatever arrives while a call is in flight goes
+  in the next. A larger read is a `get` of its own.
 - Copies: the coolest live copy (`read_plan`); on any error, or after READ_HEDGE_MS
   without an answer, also the next coolest; the first good answer wins.
 - RS, per stripe, up to BLOB_READ_PREFETCH_STRIPES ahead: `read_plan` picks the data
@@ -74,7 +78,7 @@ that is down (or fails) is skipped silently: the orphan sweep finds its shards
 
 Modules: this one holds the store (disks, monitor, routing, copies, delete);
 blob_write.py the body reader, the small-put batcher, the degraded-write wait and
-the RS write; blob_read.py the reader.
+the RS write; blob_read.py the small-get batcher and the reader.
 
 Costs on this path (DESIGN §13; RS 4+2, 1 MiB chunks, 3 copies). Messages and fsyncs
 by construction; CPU measured by bench/ec_blob_bench.py (six disks in two
@@ -93,7 +97,9 @@ by construction; CPU measured by bench/ec_blob_bench.py (six disks in two
   of ≤ 1 MiB, no decode, no fsync); CPU store ~0.7 ms/MiB (checksum checks, framing),
   nodes ~0.9 ms/MiB; ~560 MiB/s. Degraded (two data disks down): 4 whole chunks per
   stripe from 2 data + 2 parity and an ISA-L decode, ~0.9 ms/MiB in the store.
-  A copies GET: one `get` of the range (store ~95 µs, nodes ~125 µs at 64 KiB).
+  A copies GET: one `get` of the range (store ~95 µs, nodes ~125 µs at 64 KiB), or
+  under concurrency one entry in a `get_many` frame shared with the other small
+  reads of that disk (not yet measured).
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ from common.errors import BlobNotFound, ServiceUnavailable, invariant
 from common.limits import DEFAULT_LIMITS, Limits
 from common.placement import Disk, DiskId, DiskMap, NoEligibleDisk, Placement, Spreader, disk_from_stat
 from common.seams import CHECKSUM_ALGORITHMS, BlobRef
-from shardstore.blob_read import Reader
+from shardstore.blob_read import GetBatcher, Reader
 from shardstore.blob_write import UNREACHABLE, CodedWrite, PutBatcher, Source, durability, forget, settle
 from shardstore.format import ShardId, block_checksums
 
@@ -174,7 +180,8 @@ class ShardBlobStore:
         self.disk_map = self._build_map()
         self.spreader = Spreader(self.disk_map, k=self.k, m=self.m,
                                  heat_half_life_s=limits.SHARD_HEAT_HALF_LIFE_MS / 1000)
-        self._batchers: dict[DiskId, PutBatcher] = {}
+        self._put_batchers: dict[DiskId, PutBatcher] = {}
+        self._get_batchers: dict[DiskId, GetBatcher] = {}
         self._background: set[asyncio.Future] = set()
         self._monitor: asyncio.Task | None = None
         # What reads did, for benchmarks and metrics: stripes served as stored, stripes
@@ -352,9 +359,9 @@ class ShardBlobStore:
     def _put_whole(self, disk: DiskId, shard: ShardId, data, checksums: list[bytes]) -> Awaitable[int]:
         """A whole shard in one frame: batched with other small puts to `disk`, else alone."""
         if len(data) <= self.limits.SMALL_OBJECT_MAX:
-            batcher = self._batchers.get(disk)
+            batcher = self._put_batchers.get(disk)
             if batcher is None:
-                batcher = self._batchers[disk] = PutBatcher(self, disk)
+                batcher = self._put_batchers[disk] = PutBatcher(self, disk)
             return batcher.put(shard, data, checksums)
         return self._call(disk, self._client(disk).put(disk, shard, data, checksums, timeout_s=self.timeout_s))
 
@@ -398,6 +405,13 @@ class ShardBlobStore:
         await asyncio.gather(*(one(disk, shards) for disk, shards in by_disk.items()))
 
     # ================================================================ read
+
+    def _get_batcher(self, disk: DiskId) -> GetBatcher:
+        """The disk's small-read batcher, made on its first read (like the put batchers)."""
+        batcher = self._get_batchers.get(disk)
+        if batcher is None:
+            batcher = self._get_batchers[disk] = GetBatcher(self, disk)
+        return batcher
 
     def read(self, ref: BlobRef, start: int, end: int) -> AsyncIterator[bytes]:
         placement = bp.decode_placement(ref.placement)

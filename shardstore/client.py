@@ -8,13 +8,15 @@ Contract:
   route around the disk; the connection reopens lazily with backoff.
 - A refusal raises the node's own exception class (ShardNotFound, ShardExists,
   ShardCorrupt, DiskFull, TooBusy, BadShardRequest, UnknownDisk; else
-  ShardStoreError); `put_many` returns it per shard instead.
+  ShardStoreError); `put_many` and `get_many` return it per shard instead.
 - Puts carry the sender's xxh3-128 per CHECKSUM_BLOCK (`block_checksums`), which
   the store verifies before its ack. A get verifies every block it receives against
-  the stored checksums the store sends with them: a mismatch is ShardCorrupt.
+  the stored checksums the store sends with them: a mismatch is ShardCorrupt
+  (`_verified`, the one check both `get` and `get_many` use).
 - Payloads are not copied here except where the frame needs them contiguous
   (`put_many` joins its small shards); a buffer handed to a put must not change
-  until the call returns. A get returns the received buffer or a memoryview of it.
+  until the call returns. A get returns the received buffer or a memoryview of it;
+  `get_many` memoryviews of its one received buffer.
 - Frames that would break the framed protocol's bounds are refused here
   (BadShardRequest), never sent: an oversized frame would abort the connection.
 """
@@ -34,8 +36,9 @@ from shardstore import format as fmt
 from shardstore import shardstore_pb2 as pb
 from shardstore.format import ShardId
 from shardstore.framed import (
-    KIND_CORRUPT, KIND_DELETE_MANY, KIND_GET, KIND_LIST, KIND_PUT, KIND_PUT_ABORT, KIND_PUT_MANY, KIND_PUT_OPEN,
-    KIND_PUT_PIECE, KIND_STAT, MANY_ITEMS_MAX, MANY_PAYLOAD_MAX_BYTES, frame_payload_max_bytes, shard_of, shard_pb,
+    KIND_CORRUPT, KIND_DELETE_MANY, KIND_GET, KIND_GET_MANY, KIND_LIST, KIND_PUT, KIND_PUT_ABORT, KIND_PUT_MANY,
+    KIND_PUT_OPEN, KIND_PUT_PIECE, KIND_STAT, MANY_ITEMS_MAX, MANY_PAYLOAD_MAX_BYTES, frame_payload_max_bytes,
+    shard_of, shard_pb,
 )
 from shardstore.node import (
     ERRORS, BadShardRequest, DiskFull, ShardCorrupt, ShardExists, ShardNotFound, ShardStoreError, Stats, TooBusy,
@@ -66,10 +69,38 @@ def refusal(error: framing.RemoteError) -> ShardStoreError:
     return kind(message) if kind is not None else ShardStoreError(str(error))
 
 
+def _refused(outcome: pb.Outcome) -> ShardStoreError:
+    """A batch item's refusal (code != 0) as the node's exception class."""
+    return ERRORS.get(outcome.error, ShardStoreError)(outcome.message)
+
+
 def _outcome(outcome: pb.Outcome) -> int | ShardStoreError:
     if outcome.code == 0:
         return outcome.put_time_us
-    return ERRORS.get(outcome.error, ShardStoreError)(outcome.message)
+    return _refused(outcome)
+
+
+def _verified(reply: pb.GetShardFrameReply, payload, start: int, end: int | None):
+    """Framed step 4 at this end: `payload` must be exactly the blocks covering
+    [start, end) of the shard `reply` describes, each matching its stored xxh3-128;
+    returns the bytes [start, end) (`payload` itself or a memoryview of it). Anything
+    else is ShardCorrupt: bytes that do not match never leave this function."""
+    end = reply.length if end is None else end
+    block = reply.block_size
+    if start == end:
+        return b""
+    expected = min(-(-end // block) * block, reply.length) - reply.start if block else -1
+    if block <= 0 or reply.start != start // block * block or len(payload) != expected or \
+            len(reply.block_checksums) != fmt.block_count(len(payload), block):
+        raise ShardCorrupt(f"the store sent {len(payload)} bytes from {reply.start} for {start}-{end}")
+    view = memoryview(payload)
+    for number, checksum in enumerate(reply.block_checksums):
+        if xxhash.xxh3_128_digest(view[number * block:(number + 1) * block]) != checksum:
+            raise ShardCorrupt(f"block {reply.start // block + number} failed its checksum in transit")
+    low, high = start - reply.start, end - reply.start
+    if low == 0 and high == len(payload):
+        return payload
+    return view[low:high]
 
 
 class ShardClient:
@@ -128,33 +159,52 @@ class ShardClient:
         """A streamed put of a shard of `length` bytes; `timeout_s` covers the whole stream."""
         return ShardWriter(self, disk, shard, length, timeout_s, window_pieces)
 
-    # ------------------------------------------------------------ get (framed step 4)
+    # ------------------------------------------------------------ gets (framed steps 4-5)
 
     async def get(self, disk: str, shard: ShardId, start: int = 0, end: int | None = None, *, timeout_s: float):
         """Exactly the bytes [start, end) of the shard, every block verified here."""
         meta = pb.GetShardRequest(disk=disk, id=shard_pb(shard), start=start, end=end or 0,
                                   has_end=end is not None)
         frame = await self._call(KIND_GET, meta.SerializeToString(), timeout_s=timeout_s)
-        reply = pb.GetShardFrameReply.FromString(frame.meta)
-        payload = frame.payload
-        end = reply.length if end is None else end
-        block = reply.block_size
-        if start == end:
-            return b""
-        expected = min(-(-end // block) * block, reply.length) - reply.start if block else -1
-        if block <= 0 or reply.start != start // block * block or len(payload) != expected or \
-                len(reply.block_checksums) != fmt.block_count(len(payload), block):
-            raise ShardCorrupt(f"the store sent {len(payload)} bytes from {reply.start} for {start}-{end}")
-        view = memoryview(payload)
-        for number, checksum in enumerate(reply.block_checksums):
-            if xxhash.xxh3_128_digest(view[number * block:(number + 1) * block]) != checksum:
-                raise ShardCorrupt(f"block {reply.start // block + number} failed its checksum in transit")
-        low, high = start - reply.start, end - reply.start
-        if low == 0 and high == len(payload):
-            return payload
-        return view[low:high]
+        return _verified(pb.GetShardFrameReply.FromString(frame.meta), frame.payload, start, end)
 
-    # ------------------------------------------------------------ the rest (framed steps 5-6)
+    async def get_many(self, disk: str, items: Sequence[tuple[ShardId, int, int | None]], *,
+                       timeout_s: float) -> list:
+        """Ranges [start, end) (end None: to the shard's end) of small shards of one disk
+        in one frame: per item, in order, exactly its bytes (verified as `get` verifies
+        them) or the exception `get` would have raised for it alone (ShardNotFound,
+        ShardCorrupt, BadShardRequest, ...). A failure of the whole call (ConnectionLost,
+        DeadlineExceeded, a refused or malformed frame) raises instead."""
+        if len(items) > MANY_ITEMS_MAX:
+            raise BadShardRequest(f"at most {MANY_ITEMS_MAX} shards per get_many")
+        asked = sum(max(0, end - start) for _, start, end in items if end is not None)
+        if asked > MANY_PAYLOAD_MAX_BYTES:
+            raise BadShardRequest(f"{asked} bytes exceed a get_many's {MANY_PAYLOAD_MAX_BYTES}")
+        meta = pb.GetShardsRequest(disk=disk, shards=[
+            pb.GetShardRequest(id=shard_pb(shard), start=start, end=end or 0, has_end=end is not None)
+            for shard, start, end in items])
+        frame = await self._call(KIND_GET_MANY, meta.SerializeToString(), timeout_s=timeout_s)
+        answers = pb.GetShardsFrameReply.FromString(frame.meta).items
+        if len(answers) != len(items):
+            raise ShardStoreError(f"{len(answers)} answers for {len(items)} shards")
+        payload = memoryview(frame.payload)
+        if sum(answer.payload_bytes for answer in answers) != len(payload):
+            raise ShardCorrupt(f"the store sent {len(payload)} bytes, its items name another total")
+        results: list = []
+        offset = 0
+        for (_, start, end), answer in zip(items, answers):
+            piece = payload[offset:offset + answer.payload_bytes]
+            offset += answer.payload_bytes
+            if answer.outcome.code != 0:
+                results.append(_refused(answer.outcome))
+                continue
+            try:
+                results.append(_verified(answer.reply, piece, start, end))
+            except ShardCorrupt as error:
+                results.append(error)
+        return results
+
+    # ------------------------------------------------------------ the rest (framed steps 6-7)
 
     async def delete_many(self, disk: str, shards: Sequence[ShardId], *, timeout_s: float) -> None:
         """Delete shards, durably on return; deleting a missing shard is OK."""

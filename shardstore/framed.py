@@ -27,12 +27,22 @@ Steps the code cites:
 4. GET: the node reads and verifies the blocks covering [start, end); the answer's
    payload is exactly those blocks (from the range's first block boundary) and its
    meta their stored checksums, so the client verifies what it received and cuts
-   the range out itself.
-5. DELETE_MANY: every delete queued before any waits (one group commit); deleting
+   the range out itself. The shard is located and its read begun in one turn of
+   the event loop (no await between), so the checksums sent are those of the
+   blocks read.
+5. GET_MANY: small shard reads of one disk in one frame, the read-side twin of
+   PUT_MANY. At most MANY_ITEMS_MAX items, and the blocks they would send at most
+   MANY_PAYLOAD_MAX_BYTES (counted from the index before anything is read; more is
+   BadShardRequest for the whole frame). Each item is step 4, all of them
+   concurrently; each has its own Outcome, so a missing shard, a bad range or a
+   corrupt block (recorded as a finding, as any read's) refuses only itself. The
+   payload is the answered items' blocks concatenated in request order, each
+   item's meta naming how many bytes are its own.
+6. DELETE_MANY: every delete queued before any waits (one group commit); deleting
    a missing shard is OK.
-6. LIST, STAT, CORRUPT: the node's ListShards page (with put times), Stats, and the
+7. LIST, STAT, CORRUPT: the node's ListShards page (with put times), Stats, and the
    corrupt findings not since deleted or re-put (scrubber's and reads').
-7. Refusals: a `ShardStoreError` is an ERROR frame "<class name>: <message>" (the
+8. Refusals: a `ShardStoreError` is an ERROR frame "<class name>: <message>" (the
    client raises the same class); anything else is logged and refused as
    ShardStoreError. A malformed meta is BadShardRequest.
 """
@@ -46,7 +56,7 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping
 from common import framing
 from shardstore import format as fmt
 from shardstore import shardstore_pb2 as pb
-from shardstore.format import ShardId
+from shardstore.format import Entry, ShardId
 from shardstore.node import BadShardRequest, Node, ShardStoreError, UnknownDisk
 
 log = logging.getLogger("cairn.shardstore")
@@ -61,10 +71,11 @@ KIND_DELETE_MANY = pb.DELETE_MANY
 KIND_LIST = pb.LIST
 KIND_STAT = pb.STAT
 KIND_CORRUPT = pb.CORRUPT
+KIND_GET_MANY = pb.GET_MANY
 
 # Bounds of one frame (module constants until common/limits.py grows them).
-MANY_ITEMS_MAX = 1024                   # shards in one PUT_MANY or DELETE_MANY
-MANY_PAYLOAD_MAX_BYTES = 16 << 20       # bytes in one PUT_MANY
+MANY_ITEMS_MAX = 1024                   # shards in one PUT_MANY, GET_MANY or DELETE_MANY
+MANY_PAYLOAD_MAX_BYTES = 16 << 20       # bytes in one PUT_MANY, and blocks in one GET_MANY's answer
 
 
 def frame_payload_max_bytes(node_limits) -> int:
@@ -128,7 +139,7 @@ class FramedServer:
             KIND_PUT: self._on_put, KIND_PUT_MANY: self._on_put_many, KIND_PUT_OPEN: self._on_put_open,
             KIND_PUT_PIECE: self._on_put_piece, KIND_PUT_ABORT: self._on_put_abort, KIND_GET: self._on_get,
             KIND_DELETE_MANY: self._on_delete_many, KIND_LIST: self._on_list, KIND_STAT: self._on_stat,
-            KIND_CORRUPT: self._on_corrupt,
+            KIND_CORRUPT: self._on_corrupt, KIND_GET_MANY: self._on_get_many,
         }, max_payload_bytes=frame_payload_max_bytes(limits))
         self._streams: dict[tuple[int, int], _Stream] = {}     # (id(connection), stream) -> stream
         self._watched: set[int] = set()                         # connections whose close aborts their streams
@@ -149,7 +160,7 @@ class FramedServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # ------------------------------------------------------------ answering (step 7)
+    # ------------------------------------------------------------ answering (step 8)
 
     def _answer(self, connection: framing.Connection, frame: framing.Frame,
                 work: Callable[[], Awaitable[Reply]]) -> asyncio.Task:
@@ -330,28 +341,38 @@ class FramedServer:
     def _on_get(self, connection: framing.Connection, frame: framing.Frame) -> None:
         async def work() -> Reply:
             request = self._parse(pb.GetShardRequest, frame.meta)
-            node = self.disks.node(request.disk)
-            shard = shard_of(request.id)
-            entry = node.locate(shard)
-            end = request.end if request.has_end else entry.length
-            if not 0 <= request.start <= end <= entry.length:
-                raise BadShardRequest(f"range {request.start}-{end} outside 0-{entry.length}")
-            block = entry.block_size
-            first, last = request.start // block, -(-end // block)  # last: one past the range's last block
-            if request.start == end:
-                first = last = 0
-            start, stop = first * block, min(last * block, entry.length)
-            data = b""
-            if stop > start:
-                # `read` locates the shard again in this same step (no await between): the same entry.
-                pieces = await node.read(shard, start, stop, piece_bytes=stop - start)
-                data = b"".join([piece async for piece in pieces])  # one whole piece: no copy
-            reply = pb.GetShardFrameReply(length=entry.length, start=start, block_size=block,
-                                          block_checksums=entry.checksums[first:last])
+            reply, data = await _read_blocks(self.disks.node(request.disk), request)
             return KIND_GET, reply.SerializeToString(), data
         self._answer(connection, frame, work)
 
-    # ------------------------------------------------------------ steps 5-6
+    # ------------------------------------------------------------ step 5: GET_MANY
+
+    def _on_get_many(self, connection: framing.Connection, frame: framing.Frame) -> None:
+        async def work() -> Reply:
+            request = self._parse(pb.GetShardsRequest, frame.meta)
+            node = self.disks.node(request.disk)
+            if len(request.shards) > MANY_ITEMS_MAX:
+                raise BadShardRequest(f"at most {MANY_ITEMS_MAX} shards per batch")
+            total = sum(_blocks_bytes(node, item) for item in request.shards)
+            if total > MANY_PAYLOAD_MAX_BYTES:
+                raise BadShardRequest(f"{total} bytes of blocks exceed a batch's {MANY_PAYLOAD_MAX_BYTES}")
+            items, payloads = [], []
+            results = await asyncio.gather(*(_read_blocks(node, item) for item in request.shards),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, ShardStoreError):
+                    items.append(pb.GetShardsItem(outcome=pb.Outcome(
+                        code=_grpc_code(result), message=str(result), error=type(result).__name__)))
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    reply, data = result
+                    items.append(pb.GetShardsItem(outcome=pb.Outcome(code=0), reply=reply, payload_bytes=len(data)))
+                    payloads.append(data)
+            return KIND_GET_MANY, pb.GetShardsFrameReply(items=items).SerializeToString(), b"".join(payloads)
+        self._answer(connection, frame, work)
+
+    # ------------------------------------------------------------ steps 6-7
 
     def _on_delete_many(self, connection: framing.Connection, frame: framing.Frame) -> None:
         async def work() -> Reply:
@@ -386,6 +407,49 @@ class FramedServer:
             return KIND_CORRUPT, pb.ScrubResponse(corrupt=[shard_pb(shard) for shard in sorted(node.corrupt)]) \
                 .SerializeToString(), b""
         self._answer(connection, frame, work)
+
+
+# ---------------------------------------------------------------- steps 4-5: one shard's blocks
+
+
+def _blocks_of(entry: Entry, request: pb.GetShardRequest) -> tuple[int, int, int, int]:
+    """The blocks covering the request's range of the shard `entry` describes: (first,
+    one past the last, the shard offset of the first's first byte, of one past the
+    last's last byte); none for an empty range. A range outside the shard is BadShardRequest."""
+    end = request.end if request.has_end else entry.length
+    if not 0 <= request.start <= end <= entry.length:
+        raise BadShardRequest(f"range {request.start}-{end} outside 0-{entry.length}")
+    block = entry.block_size
+    first, last = request.start // block, -(-end // block)
+    if request.start == end:
+        first = last = 0
+    return first, last, first * block, min(last * block, entry.length)
+
+
+def _blocks_bytes(node: Node, request: pb.GetShardRequest) -> int:
+    """How many bytes `_read_blocks` would send for `request` (0 for one it will refuse)."""
+    try:
+        _, _, start, stop = _blocks_of(node.locate(shard_of(request.id)), request)
+    except ShardStoreError:
+        return 0
+    return stop - start
+
+
+async def _read_blocks(node: Node, request: pb.GetShardRequest) -> tuple[pb.GetShardFrameReply, bytes | bytearray]:
+    """Step 4 for one shard: its blocks covering the range, read and verified by the
+    node (a mismatch is ShardCorrupt and a finding), and the reply naming them and
+    their stored checksums. Refusals: ShardNotFound, BadShardRequest (id or range)."""
+    shard = shard_of(request.id)
+    entry = node.locate(shard)
+    first, last, start, stop = _blocks_of(entry, request)
+    data = b""
+    if stop > start:
+        # `read` locates the shard again in this same turn (no await between): the same entry.
+        pieces = [piece async for piece in await node.read(shard, start, stop, piece_bytes=stop - start)]
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)    # one whole piece (bytes or bytearray): no copy
+    reply = pb.GetShardFrameReply(length=entry.length, start=start, block_size=entry.block_size,
+                                  block_checksums=entry.checksums[first:last])
+    return reply, data
 
 
 # ---------------------------------------------------------------- shared with the gRPC service
