@@ -12,8 +12,10 @@ Protocol:
    its handler; a RESPONSE/ERROR resolves the caller's pending call of that id.
 2. Receiving: small frames are parsed out of one reusable receive buffer (one
    copy of a small payload); a payload of LARGE_PAYLOAD_BYTES or more gets its own
-   buffer that the socket reads into directly, so a large payload is never copied
-   after the kernel hands it over.
+   buffer that the socket reads into directly. The socket is read at most
+   RECEIVE_WINDOW_BYTES at a time into the shared buffer, so of a large payload only
+   what arrived with its header (at most a window) is copied after the kernel hands
+   it over (with the whole 512 KiB buffer offered, up to half of each MiB was).
 3. Bounds: a header above MAX_HEADER_BYTES or a payload above the connection's
    max_payload_bytes, a bad magic/version/type or an unparsable header is a
    protocol error: the connection is aborted (never resynchronised) and its calls fail.
@@ -48,6 +50,7 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES_DEFAULT = 64 << 20
 LARGE_PAYLOAD_BYTES = 256 << 10
 RECEIVE_BUFFER_BYTES = 512 << 10
+RECEIVE_WINDOW_BYTES = 64 << 10      # offered to one socket read of the shared buffer (step 2)
 MAX_IN_FLIGHT_DEFAULT = 1024
 
 REQUEST = pb.FrameHeader.REQUEST
@@ -163,7 +166,7 @@ class Connection(asyncio.BufferedProtocol):
                 grown = bytearray(len(self._buffer) * 2)
                 grown[:self._end] = self._buffer[:self._end]
                 self._buffer = grown
-        return memoryview(self._buffer)[self._end:]
+        return memoryview(self._buffer)[self._end:self._end + RECEIVE_WINDOW_BYTES]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._large is not None:

@@ -128,7 +128,9 @@ def test_large_payloads_intact_and_read_in_place():
         server = await echo.server()
         client = Client("127.0.0.1", server.port)
         try:
-            blobs = [random.randbytes(size) for size in (3 << 20, 5 << 20 | 12345, framing.LARGE_PAYLOAD_BYTES)]
+            window, large = framing.RECEIVE_WINDOW_BYTES, framing.LARGE_PAYLOAD_BYTES
+            sizes = (3 << 20, 5 << 20 | 12345, large, large - 1, window - 1, window + 1, 3 * window + 7)
+            blobs = [random.randbytes(size) for size in sizes]   # small ones span several socket reads
             answers = await asyncio.gather(*(client.call(ECHO, b"big", blob, timeout_s=20) for blob in blobs))
             for blob, answer in zip(blobs, answers):
                 assert hashlib.sha256(answer.payload).digest() == hashlib.sha256(blob).digest()
