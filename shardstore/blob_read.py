@@ -114,14 +114,7 @@ class GetBatcher:
         if len(batch) == 1:
             shard, start, end, _ = batch[0]
             return [await self.store._call(self.disk, client.get(self.disk, shard, start, end, timeout_s=timeout_s))]
-        get_many = getattr(client, "get_many", None)
-        if get_many is None:
-            # A client twin from before GET_MANY (tests/unit/test_shard_blobs.py's
-            # FakeShardClient): one get per read, each with its own outcome.
-            return await asyncio.gather(*(
-                self.store._call(self.disk, client.get(self.disk, shard, start, end, timeout_s=timeout_s))
-                for shard, start, end, _ in batch), return_exceptions=True)
-        return await self.store._call(self.disk, get_many(
+        return await self.store._call(self.disk, client.get_many(
             self.disk, [(shard, start, end) for shard, start, end, _ in batch], timeout_s=timeout_s))
 
 

@@ -123,6 +123,22 @@ class FakeShardClient:
             await asyncio.sleep(delay)
         return await node.read_all(shard, start, end)
 
+    async def get_many(self, disk, items, *, timeout_s):
+        """Per item its bytes or its error; a disk down fails the whole call, as a lost connection does."""
+        self._count("get_many")
+        node = self._check(disk)
+        delay = self.get_delay_s.get(disk)
+        if delay:
+            await asyncio.sleep(delay)
+
+        async def one(shard, start, end):
+            try:
+                return await node.read_all(shard, start, end)
+            except ShardStoreError as error:
+                return error
+
+        return list(await asyncio.gather(*(one(*item) for item in items)))
+
     async def delete_many(self, disk, shards, *, timeout_s):
         self._count("delete_many")
         node = self._check(disk)
