@@ -37,7 +37,8 @@ Steps the code cites:
    concurrently; each has its own Outcome, so a missing shard, a bad range or a
    corrupt block (recorded as a finding, as any read's) refuses only itself. The
    payload is the answered items' blocks concatenated in request order, each
-   item's meta naming how many bytes are its own.
+   item's meta naming how many bytes are its own. (`read_many`: the bounds and
+   the reads, shared with the gRPC GetShards.)
 6. DELETE_MANY: every delete queued before any waits (one group commit); deleting
    a missing shard is OK.
 7. LIST, STAT, CORRUPT: the node's ListShards page (with put times), Stats, and the
@@ -51,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Awaitable, Callable, Mapping
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from common import framing
 from shardstore import format as fmt
@@ -222,8 +223,7 @@ class FramedServer:
             outcomes = []
             for result in await asyncio.gather(*puts, return_exceptions=True):
                 if isinstance(result, ShardStoreError):
-                    outcomes.append(pb.Outcome(code=_grpc_code(result), message=str(result),
-                                               error=type(result).__name__))
+                    outcomes.append(refusal_outcome(result))
                 elif isinstance(result, BaseException):
                     raise result
                 else:
@@ -350,21 +350,10 @@ class FramedServer:
     def _on_get_many(self, connection: framing.Connection, frame: framing.Frame) -> None:
         async def work() -> Reply:
             request = self._parse(pb.GetShardsRequest, frame.meta)
-            node = self.disks.node(request.disk)
-            if len(request.shards) > MANY_ITEMS_MAX:
-                raise BadShardRequest(f"at most {MANY_ITEMS_MAX} shards per batch")
-            total = sum(_blocks_bytes(node, item) for item in request.shards)
-            if total > MANY_PAYLOAD_MAX_BYTES:
-                raise BadShardRequest(f"{total} bytes of blocks exceed a batch's {MANY_PAYLOAD_MAX_BYTES}")
             items, payloads = [], []
-            results = await asyncio.gather(*(_read_blocks(node, item) for item in request.shards),
-                                           return_exceptions=True)
-            for result in results:
+            for result in await read_many(self.disks.node(request.disk), request.shards):
                 if isinstance(result, ShardStoreError):
-                    items.append(pb.GetShardsItem(outcome=pb.Outcome(
-                        code=_grpc_code(result), message=str(result), error=type(result).__name__)))
-                elif isinstance(result, BaseException):
-                    raise result
+                    items.append(pb.GetShardsItem(outcome=refusal_outcome(result)))
                 else:
                     reply, data = result
                     items.append(pb.GetShardsItem(outcome=pb.Outcome(code=0), reply=reply, payload_bytes=len(data)))
@@ -452,6 +441,23 @@ async def _read_blocks(node: Node, request: pb.GetShardRequest) -> tuple[pb.GetS
     return reply, data
 
 
+async def read_many(node: Node, requests: Sequence[pb.GetShardRequest]) \
+        -> list[ShardStoreError | tuple[pb.GetShardFrameReply, bytes | bytearray]]:
+    """Step 5 for GET_MANY and the gRPC GetShards: the bounds, checked before anything
+    is read (beyond them, BadShardRequest for the whole request), then step 4 for every
+    item concurrently. Per item, in request order: its reply and blocks, or its refusal."""
+    if len(requests) > MANY_ITEMS_MAX:
+        raise BadShardRequest(f"at most {MANY_ITEMS_MAX} shards per batch")
+    total = sum(_blocks_bytes(node, item) for item in requests)
+    if total > MANY_PAYLOAD_MAX_BYTES:
+        raise BadShardRequest(f"{total} bytes of blocks exceed a batch's {MANY_PAYLOAD_MAX_BYTES}")
+    results = await asyncio.gather(*(_read_blocks(node, item) for item in requests), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, ShardStoreError):
+            raise result
+    return results
+
+
 # ---------------------------------------------------------------- shared with the gRPC service
 
 _GRPC_CODES = {"OK": 0, "INTERNAL": 13, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "DATA_LOSS": 15,
@@ -460,6 +466,11 @@ _GRPC_CODES = {"OK": 0, "INTERNAL": 13, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "DA
 
 def _grpc_code(error: ShardStoreError) -> int:
     return _GRPC_CODES.get(error.status, 13)
+
+
+def refusal_outcome(error: ShardStoreError) -> pb.Outcome:
+    """A batch item's refusal: its status code, message and class name (the client's exception)."""
+    return pb.Outcome(code=_grpc_code(error), message=str(error), error=type(error).__name__)
 
 
 def list_page(node: Node, request: pb.ListShardsRequest) -> pb.ListShardsResponse:

@@ -39,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cairn shardstore",
         description="Run one Cairn shardstore process: one node per disk (its shards in extents plus a RocksDB "
-                    "index), served over gRPC (PutShard, PutShards, GetShard, DeleteShard, ListShards, Stat, "
-                    "Scrub, Compact) and over the framed data protocol (PUT, PUT_MANY, streamed PUT, GET, "
-                    "DELETE_MANY, LIST, STAT, CORRUPT). Prints 'listening: ...' once serving.")
+                    "index), served over gRPC (PutShard, PutShards, GetShard, GetShards, DeleteShard, ListShards, "
+                    "Stat, Scrub, Compact) and over the framed data protocol (PUT, PUT_MANY, streamed PUT, GET, "
+                    "GET_MANY, DELETE_MANY, LIST, STAT, CORRUPT). Prints 'listening: ...' once serving.")
     parser.add_argument("--disk", required=True, action="append", metavar="ID=PATH",
                         help="a disk: its id (letters, digits, _ . : -) and a directory on it (created if "
                              "missing; holds extents/ and index/). Repeat for more disks; a bare PATH is disk '0'.")

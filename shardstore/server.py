@@ -7,10 +7,15 @@ status name; anything else is logged and answered INTERNAL. Bugs
 (`InvariantViolation`) are not caught here either — they surface as INTERNAL with
 the traceback logged.
 
-Stream bounds: PutShard, PutShardUnary and GetShard take a stream slot
+Stream bounds: PutShard, PutShardUnary, GetShard and GetShards take a stream slot
 (SHARD_STREAMS_MAX: calls holding shard bytes) and are refused RESOURCE_EXHAUSTED
 beyond it. A client that goes away mid-put cancels the
 handler; the node cuts the unfinished record off, so nothing becomes visible.
+
+GetShards is the framed GET_MANY (framed.py step 5) with the same code
+(`framed.read_many`): the same bounds, checked before anything is read and refusing
+the call whole (INVALID_ARGUMENT), and per-item outcomes. Its answer holds up to
+MANY_PAYLOAD_MAX_BYTES of blocks in one message, so the send limit is sized for it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import grpc
 from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
 from shardstore.format import ShardId
-from shardstore.framed import Disks, list_page, stat_pb
+from shardstore.framed import MANY_PAYLOAD_MAX_BYTES, Disks, list_page, read_many, refusal_outcome, stat_pb
 from shardstore.node import BadShardRequest, ShardStoreError
 
 log = logging.getLogger("cairn.shardstore")
@@ -113,6 +118,25 @@ class ShardStoreService(pb_grpc.ShardStoreServicer):
         except ShardStoreError as error:
             await self._fail(context, error)
 
+    async def GetShards(self, request: pb.GetShardsRequest, context) -> pb.GetShardsResponse:
+        """Ranges of small shards of one disk in one call: per item, in order, the blocks
+        covering its range with their stored checksums (as GET), or its own refusal."""
+        try:
+            node = self.disks.node(request.disk)
+            with node.stream_slot():
+                results = await read_many(node, request.shards)
+        except ShardStoreError as error:
+            await self._fail(context, error)
+        items = []
+        for result in results:
+            if isinstance(result, ShardStoreError):
+                items.append(pb.GetShardsResponseItem(outcome=refusal_outcome(result)))
+            else:
+                reply, data = result
+                items.append(pb.GetShardsResponseItem(outcome=pb.Outcome(code=0), reply=reply,
+                                                      data=bytes(data)))    # protobuf takes no bytearray
+        return pb.GetShardsResponse(items=items)
+
     async def DeleteShard(self, request: pb.DeleteShardRequest, context) -> pb.DeleteShardResponse:
         try:
             await self.disks.node(request.disk).delete(_shard(request.id))
@@ -156,7 +180,8 @@ async def serve(disks: Disks, listen: str) -> tuple[grpc.aio.Server, int]:
     limits = next(iter(disks.nodes.values())).limits
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limits.SHARD_CHUNK_MAX_BYTES + (1 << 20)),
-        ("grpc.max_send_message_length", limits.SHARD_CHUNK_MAX_BYTES + (1 << 20)),
+        ("grpc.max_send_message_length",          # GetShards answers hold up to MANY_PAYLOAD_MAX_BYTES of blocks
+         max(limits.SHARD_CHUNK_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES) + (1 << 20)),
         ("grpc.max_concurrent_streams", len(disks.nodes) * limits.SHARD_STREAMS_MAX + 64),
     ])
     pb_grpc.add_ShardStoreServicer_to_server(ShardStoreService(disks), server)

@@ -54,6 +54,11 @@ class ShardStoreStub:
                 request_serializer=shardstore_dot_shardstore__pb2.GetShardRequest.SerializeToString,
                 response_deserializer=shardstore_dot_shardstore__pb2.GetShardResponse.FromString,
                 _registered_method=True)
+        self.GetShards = channel.unary_unary(
+                '/cairn.shardstore.v1.ShardStore/GetShards',
+                request_serializer=shardstore_dot_shardstore__pb2.GetShardsRequest.SerializeToString,
+                response_deserializer=shardstore_dot_shardstore__pb2.GetShardsResponse.FromString,
+                _registered_method=True)
         self.DeleteShard = channel.unary_unary(
                 '/cairn.shardstore.v1.ShardStore/DeleteShard',
                 request_serializer=shardstore_dot_shardstore__pb2.DeleteShardRequest.SerializeToString,
@@ -110,6 +115,13 @@ class ShardStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShards(self, request, context):
+        """Many small shard reads of one disk in one call: GET_MANY's twin, for tools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteShard(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -162,6 +174,11 @@ def add_ShardStoreServicer_to_server(servicer, server):
                     servicer.GetShard,
                     request_deserializer=shardstore_dot_shardstore__pb2.GetShardRequest.FromString,
                     response_serializer=shardstore_dot_shardstore__pb2.GetShardResponse.SerializeToString,
+            ),
+            'GetShards': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShards,
+                    request_deserializer=shardstore_dot_shardstore__pb2.GetShardsRequest.FromString,
+                    response_serializer=shardstore_dot_shardstore__pb2.GetShardsResponse.SerializeToString,
             ),
             'DeleteShard': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteShard,
@@ -297,6 +314,33 @@ class ShardStore:
             '/cairn.shardstore.v1.ShardStore/GetShard',
             shardstore_dot_shardstore__pb2.GetShardRequest.SerializeToString,
             shardstore_dot_shardstore__pb2.GetShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.shardstore.v1.ShardStore/GetShards',
+            shardstore_dot_shardstore__pb2.GetShardsRequest.SerializeToString,
+            shardstore_dot_shardstore__pb2.GetShardsResponse.FromString,
             options,
             channel_credentials,
             insecure,
