@@ -21,7 +21,7 @@ from common import blob_placement as bp
 from common.errors import BlobCorrupt, ServiceUnavailable, invariant
 from common.framing import ConnectionLost
 from common.placement import DiskId, NotEnoughShards, Placement, read_plan
-from shardstore.blob_write import UNREACHABLE, forget
+from shardstore.blob_write import UNREACHABLE, DiskBatcher, forget
 from shardstore.format import ShardId
 from shardstore.framed import MANY_ITEMS_MAX, MANY_PAYLOAD_MAX_BYTES
 from shardstore.node import ShardCorrupt
@@ -29,11 +29,11 @@ from shardstore.node import ShardCorrupt
 log = logging.getLogger("cairn.blobs")
 
 
-class GetBatcher:
+class GetBatcher(DiskBatcher):
     """Small shard reads bound for one disk: one `get_many` in flight; what arrives
     meanwhile goes in the next (no timers), up to SMALL_GET_BATCH_MAX reads and
     SMALL_GET_BATCH_MAX_BYTES of the blocks they may be sent. The read-side twin of
-    blob_write.PutBatcher; one per disk per ShardBlobStore.
+    blob_write.PutBatcher (both a blob_write.DiskBatcher); one per disk per ShardBlobStore.
 
     - A read that finds no batch running starts one at once: its task runs on the
       loop's next turn, so reads begun in the same turn (a read's prefetched stripes,
@@ -51,71 +51,26 @@ class GetBatcher:
       (READ_HEDGE_MS) reads elsewhere, as it does around a slow lone `get`.
     """
 
-    def __init__(self, store: ShardBlobStore, disk: DiskId) -> None:
-        self.store, self.disk = store, disk
-        self._queue: collections.deque = collections.deque()
-        self._running = False
-
     def get(self, shard: ShardId, start: int, end: int) -> asyncio.Future:
         """The bytes [start, end) of `shard` on this disk, verified (or the read's error)."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((shard, start, end, future))
-        if not self._running:
-            self._running = True
-            self.store._spawn(self._run())
-        return future
+        return self._submit((shard, start, end))
 
-    async def _run(self) -> None:
+    def caps(self) -> tuple[int, int]:
         limits = self.store.limits
-        items_max = min(limits.SMALL_GET_BATCH_MAX, MANY_ITEMS_MAX)
-        bytes_max = min(limits.SMALL_GET_BATCH_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES)
-        slack = 2 * (limits.CHECKSUM_BLOCK - 1)     # a range's blocks reach up to a block past each end
-        try:
-            while self._queue:
-                batch, batch_bytes = [], 0
-                while self._queue and len(batch) < items_max:
-                    shard, start, end, future = self._queue[0]
-                    if future.done():                # its reader gave up before it was sent
-                        self._queue.popleft()
-                        continue
-                    if batch and batch_bytes + end - start + slack > bytes_max:
-                        break
-                    batch.append(self._queue.popleft())
-                    batch_bytes += end - start + slack
-                if not batch:
-                    continue
-                try:
-                    results = await self._send(batch)
-                except BaseException as error:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(error if isinstance(error, Exception) else ConnectionLost("cancelled"))
-                    if not isinstance(error, Exception):
-                        raise
-                    continue
-                for (*_, future), result in zip(batch, results):
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result if isinstance(result, Exception) else ConnectionLost("cancelled"))
-                    else:
-                        future.set_result(result)
-        finally:
-            self._running = False
-            for *_, future in self._queue:       # cancelled with reads queued: fail them
-                if not future.done():
-                    future.set_exception(ConnectionLost("blob store closed"))
-            self._queue.clear()
+        return (min(limits.SMALL_GET_BATCH_MAX, MANY_ITEMS_MAX),
+                min(limits.SMALL_GET_BATCH_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES))
 
-    async def _send(self, batch: list) -> list:
-        """One call for the batch: per read its bytes or its exception; a whole-call failure raises."""
+    def _size(self, item: tuple) -> int:
+        _, start, end = item
+        return end - start + 2 * (self.store.limits.CHECKSUM_BLOCK - 1)  # its blocks reach up to a block past each end
+
+    async def _send(self, items: list[tuple]) -> list:
         client = self.store._client(self.disk)
         timeout_s = self.store.timeout_s
-        if len(batch) == 1:
-            shard, start, end, _ = batch[0]
+        if len(items) == 1:
+            shard, start, end = items[0]
             return [await self.store._call(self.disk, client.get(self.disk, shard, start, end, timeout_s=timeout_s))]
-        return await self.store._call(self.disk, client.get_many(
-            self.disk, [(shard, start, end) for shard, start, end, _ in batch], timeout_s=timeout_s))
+        return await self.store._call(self.disk, client.get_many(self.disk, items, timeout_s=timeout_s))
 
 
 class Reader:

@@ -138,60 +138,101 @@ class Source:
             self._size = self.received
 
 
-class PutBatcher:
-    """Small whole shards bound for one disk: one `put_many` in flight; what arrives
-    meanwhile goes in the next (no timers), up to SMALL_PUT_BATCH_MAX(_BYTES)."""
+class DiskBatcher:
+    """Calls to one disk, coalesced: one call in flight; the items that arrive meanwhile
+    go in the next (no timers), up to `caps()` items and bytes. Subclasses size an item
+    and make the call (`_send`: per item its result or its exception; a failure of the
+    whole call raises, and fails every item of that call with it).
+
+    An item whose caller gave up (its future cancelled) before it was sent is dropped;
+    a sent one's answer is dropped. Cancelled with items queued (the store closing),
+    they fail with ConnectionLost."""
 
     def __init__(self, store: ShardBlobStore, disk: DiskId) -> None:
         self.store, self.disk = store, disk
         self._queue: collections.deque = collections.deque()
         self._running = False
 
-    def put(self, shard: ShardId, data, checksums: list[bytes]) -> asyncio.Future:
+    def _submit(self, item: tuple) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((shard, data, checksums, future))
+        self._queue.append((item, future))
         if not self._running:
             self._running = True
             self.store._spawn(self._run())
         return future
 
+    def caps(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _size(self, item: tuple) -> int:
+        raise NotImplementedError
+
+    async def _send(self, items: list[tuple]) -> list:
+        raise NotImplementedError
+
+    def _take(self) -> list:
+        items_max, bytes_max = self.caps()
+        batch, batch_bytes = [], 0
+        while self._queue and len(batch) < items_max:
+            item, future = self._queue[0]
+            if future.done():
+                self._queue.popleft()
+                continue
+            size = self._size(item)
+            if batch and batch_bytes + size > bytes_max:
+                break
+            batch.append(self._queue.popleft())
+            batch_bytes += size
+        return batch
+
     async def _run(self) -> None:
-        limits = self.store.limits
-        items_max = min(limits.SMALL_PUT_BATCH_MAX, MANY_ITEMS_MAX)
-        bytes_max = min(limits.SMALL_PUT_BATCH_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES)
         try:
             while self._queue:
-                batch, batch_bytes = [], 0
-                while self._queue and len(batch) < items_max and (
-                        not batch or batch_bytes + len(self._queue[0][1]) <= bytes_max):
-                    item = self._queue.popleft()
-                    batch.append(item)
-                    batch_bytes += len(item[1])
-                client = self.store._client(self.disk)
+                batch = self._take()
+                if not batch:
+                    continue
                 try:
-                    outcomes = await self.store._call(self.disk, client.put_many(
-                        self.disk, [(shard, data, checksums) for shard, data, checksums, _ in batch],
-                        timeout_s=self.store.timeout_s))
+                    results = await self._send([item for item, _ in batch])
                 except BaseException as error:
-                    for *_, future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(error if isinstance(error, Exception) else ConnectionLost("cancelled"))
                     if not isinstance(error, Exception):
                         raise
                     continue
-                for (*_, future), outcome in zip(batch, outcomes):
+                for (_, future), result in zip(batch, results):
                     if future.done():
                         continue
-                    if isinstance(outcome, BaseException):
-                        future.set_exception(outcome)
+                    if isinstance(result, BaseException):
+                        future.set_exception(result if isinstance(result, Exception) else ConnectionLost("cancelled"))
                     else:
-                        future.set_result(outcome)
+                        future.set_result(result)
         finally:
             self._running = False
-            for *_, future in self._queue:       # cancelled with items queued: fail them
+            for _, future in self._queue:
                 if not future.done():
                     future.set_exception(ConnectionLost("blob store closed"))
             self._queue.clear()
+
+
+class PutBatcher(DiskBatcher):
+    """Small whole shards bound for one disk, in `put_many` calls of up to
+    SMALL_PUT_BATCH_MAX(_BYTES)."""
+
+    def put(self, shard: ShardId, data, checksums: list[bytes]) -> asyncio.Future:
+        return self._submit((shard, data, checksums))
+
+    def caps(self) -> tuple[int, int]:
+        limits = self.store.limits
+        return (min(limits.SMALL_PUT_BATCH_MAX, MANY_ITEMS_MAX),
+                min(limits.SMALL_PUT_BATCH_MAX_BYTES, MANY_PAYLOAD_MAX_BYTES))
+
+    def _size(self, item: tuple) -> int:
+        return len(item[1])
+
+    async def _send(self, items: list[tuple]) -> list:
+        client = self.store._client(self.disk)
+        return await self.store._call(self.disk, client.put_many(self.disk, items, timeout_s=self.store.timeout_s))
 
 
 # ---------------------------------------------------------------------- coded write (steps 4-8)
