@@ -295,7 +295,8 @@ class Reader:
         pieces = []
         for slot in wanted:
             lo, hi = max(low, slot * chunk) - slot * chunk, min(high, (slot + 1) * chunk) - slot * chunk
-            pieces.append(memoryview(data[slot])[lo:hi])
+            whole = lo == 0 and hi == len(data[slot])
+            pieces.append(data[slot] if whole else memoryview(data[slot])[lo:hi])   # a whole chunk goes uncopied
         return pieces
 
 
