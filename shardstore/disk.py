@@ -96,6 +96,7 @@ class RealDisk:
         self._read_buffers = threading.local()     # each reading thread's page-aligned buffer
         self._open_lock = threading.Lock()
         self.direct_alignment = DIRECT_ALIGNMENT_BYTES if self._direct_works() else 0
+        self._nowait_reads = hasattr(os, "RWF_NOWAIT")    # until the filesystem refuses one
 
     def _direct_works(self) -> bool:
         """Whether this filesystem takes an aligned O_DIRECT write (tmpfs may refuse:
@@ -218,10 +219,17 @@ class RealDisk:
         """The bytes a `read` returns if every one is in the page cache, else None, never
         waiting for the disk (RWF_NOWAIT): cheap enough to make on the event loop, which
         spares a hot read its hand-off to a thread and back."""
+        if not self._nowait_reads:
+            return None
         buffer = bytearray(length)
         try:
             got = os.preadv(self._fd(name), [buffer], offset, os.RWF_NOWAIT)
-        except (BlockingIOError, OSError):      # EAGAIN: not all cached; EOPNOTSUPP: no such read here
+        except BlockingIOError:                 # EAGAIN: not every byte is cached
+            return None
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._nowait_reads = False          # this filesystem has no such read: stop asking
             return None
         return buffer if got == length else None
 

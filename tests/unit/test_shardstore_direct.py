@@ -347,6 +347,24 @@ def test_read_cached_never_waits_for_the_disk_and_returns_what_read_returns(tmp_
     disk.close()
 
 
+def test_a_filesystem_without_nowait_reads_is_asked_once(tmp_path, monkeypatch):
+    disk = RealDisk(str(tmp_path / "extents"))
+    disk.create("extent-0000000000")
+    disk.write("extent-0000000000", 0, b"x" * 8192)
+    calls = []
+
+    def refusing_preadv(*arguments):
+        calls.append(arguments)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "preadv", refusing_preadv)
+    assert disk.read_cached("extent-0000000000", 0, 4096) is None
+    assert disk.read_cached("extent-0000000000", 0, 4096) is None
+    assert len(calls) == 1                                    # refused once: the disk stops asking
+    assert disk.read("extent-0000000000", 0, 4096) == b"x" * 4096
+    disk.close()
+
+
 def test_a_large_read_goes_direct_first_and_through_the_page_cache_when_repeated(run, tmp_path):
     disk = RealDisk(str(tmp_path / "extents"))
     calls = []
