@@ -18,7 +18,6 @@ import asyncio
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import grpc
 import pytest
 
 from common import framing
+from conftest import ShardstoreProcess
 from common.limits import DEFAULT_LIMITS
 from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
@@ -38,10 +38,13 @@ MiB = 1 << 20
 LISTENING = re.compile(r"listening: grpc=(\S+) data=(\S+)")
 
 
-class StoreProcess:
+class StoreProcess(ShardstoreProcess):
+    """conftest's shardstore process (its kill and stop), on several disks and with
+    the framed data protocol too, both on ports it picks itself."""
+
     def __init__(self, disks: dict[str, str]) -> None:
+        super().__init__("")
         self.disks = disks
-        self.process: subprocess.Popen | None = None
         self.grpc = self.data = ""
 
     def start(self) -> None:
@@ -56,21 +59,6 @@ class StoreProcess:
         assert match, line
         self.grpc, self.data = match.groups()
         assert not self.grpc.endswith(":0") and not self.data.endswith(":0")
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> int:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        return self.process.returncode if self.process else 0
 
 
 def _data(client: int, number: int, size: int) -> bytes:
