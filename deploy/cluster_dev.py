@@ -118,7 +118,7 @@ def write_cluster_toml(data_dir: Path, host: str = "127.0.0.1", *, process_per_d
     return path
 
 
-def _store_specs(cluster: Path) -> list[ProcessSpec]:
+def _store_specs(cluster: Path, limits_file: str | None = None) -> list[ProcessSpec]:
     with open(cluster, "rb") as file:
         layout = parse_layout(tomllib.load(file), str(cluster))
     if layout is None:
@@ -127,6 +127,8 @@ def _store_specs(cluster: Path) -> list[ProcessSpec]:
     for store in layout.stores:
         argv = [sys.executable, "-m", "shardstore.main", "--listen", store.grpc_address,
                 "--data-listen", store.data_address]
+        if limits_file is not None:
+            argv += ["--limits", str(limits_file)]       # the workers' [limits]: both sides agree
         for disk in store.disks:
             Path(disk.path).mkdir(parents=True, exist_ok=True)
             argv += ["--disk", f"{disk.id}={disk.path}"]
@@ -159,7 +161,7 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return holder, port
 
 
-async def _follow_layout(group: Supervisor, cluster: Path, interval_s: float = 1.0) -> None:
+async def _follow_layout(group: Supervisor, cluster: Path, limits_file: str, interval_s: float = 1.0) -> None:
     """`cairn disk add/remove` edits the layout: start a new shardstore, restart one whose
     disks changed (the workers and repair reload the file themselves)."""
     seen = cluster.stat().st_mtime_ns
@@ -170,7 +172,7 @@ async def _follow_layout(group: Supervisor, cluster: Path, interval_s: float = 1
             if mtime == seen:
                 continue
             seen = mtime
-            specs = _store_specs(cluster)
+            specs = _store_specs(cluster, limits_file)
         except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as error:
             print(f"cairn dev: {cluster} changed but cannot be used: {error}; keeping the running layout",
                   file=sys.stderr, flush=True)
@@ -189,7 +191,7 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     cluster = Path(cluster_file) if cluster_file else write_cluster_toml(data_dir, process_per_disk=process_per_disk)
     listener, port = _reserve_port(host, port)
     python = sys.executable
-    specs = _store_specs(cluster)
+    specs = _store_specs(cluster, str(config.path))
     stores = len(specs)
     specs += [ProcessSpec(f"metanode-{node}", [python, "-m", "index.metanode", "--node", str(node),
                                                "--config", str(cluster), "--limits", str(config.path)])
@@ -226,7 +228,7 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
           f"{bytes_where}; {workers} frontend workers")
     print("Stop with Ctrl-C.")
     sys.stdout.flush()
-    follower = asyncio.ensure_future(_follow_layout(group, cluster)) if stores else None
+    follower = asyncio.ensure_future(_follow_layout(group, cluster, str(config.path))) if stores else None
     await stop.wait()
     if follower is not None:
         follower.cancel()

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 
-from common.limits import DEFAULT_LIMITS
+from common.limits import DEFAULT_LIMITS, Limits
 from common.memory import keep_freed_memory
 from shardstore.disk import RealDisk
 from shardstore.framed import Disks, FramedServer
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="address to serve gRPC on, e.g. 127.0.0.1:7000 (port 0 picks a free one)")
     parser.add_argument("--data-listen", metavar="HOST:PORT",
                         help="address to serve the framed data protocol on, e.g. 127.0.0.1:7001 (port 0 picks one)")
+    parser.add_argument("--limits", metavar="FILE",
+                        help="the users/limits TOML whose [limits] the nodes use (shard and extent sizes, "
+                             "scrub rate, ...); the frontends' file, so both sides agree (default: built-in limits)")
     parser.add_argument("--no-scrub", action="store_true", help="do not run the background scrubbers")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -80,14 +83,14 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _run(disk_paths: dict[str, str], listen: str, data_listen: str | None, scrub: bool) -> int:
+async def _run(disk_paths: dict[str, str], listen: str, data_listen: str | None, scrub: bool,
+               limits: Limits = DEFAULT_LIMITS) -> int:
     log = logging.getLogger("cairn.shardstore")
     nodes: dict[str, Node] = {}
     try:
         for disk_id, path in disk_paths.items():
             started = time.monotonic()
-            node = await Node.open(RealDisk(os.path.join(path, "extents")), os.path.join(path, "index"),
-                                   DEFAULT_LIMITS)
+            node = await Node.open(RealDisk(os.path.join(path, "extents")), os.path.join(path, "index"), limits)
             nodes[disk_id] = node
             log.info("Recovered disk=%s path=%s seq=%d extents=%d torn_tails=%d seconds=%.3f", disk_id, path,
                      node.seq, len(node.extent_sizes), node.recovered_torn_tails, time.monotonic() - started)
@@ -129,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             _split_address(arguments.data_listen)
     except ValueError as error:
         parser.error(str(error))
+    limits = DEFAULT_LIMITS
+    if arguments.limits:
+        from common import config as configuration
+
+        try:
+            limits = configuration.load(arguments.limits).limits
+        except configuration.ConfigError as error:
+            parser.error(str(error))
     logging.basicConfig(level=arguments.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     keep_freed_memory()
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_run(disks, arguments.listen, arguments.data_listen, not arguments.no_scrub))
+    return asyncio.run(_run(disks, arguments.listen, arguments.data_listen, not arguments.no_scrub, limits))
 
 
 if __name__ == "__main__":
