@@ -4,7 +4,8 @@ Reports, in one run on one filesystem: `dd conv=fsync` and `dd oflag=direct` wri
 speed (the disk's own figures); large shards, put and got by several concurrent
 streams of SHARD_MIB shards — gRPC PutShard/GetShard with 1 MiB chunks, and framed
 streamed puts with 1 MiB pieces (window 4) and framed gets of GET_PIECE_MIB ranges;
-and 4 KiB puts/s at 32 concurrent clients — gRPC: one PutShardUnary call per shard
+a full scrub of the large shards (unpaced: MiB/s and node CPU
+per MiB); and 4 KiB puts/s at 32 concurrent clients — gRPC: one PutShardUnary call per shard
 (the path for shards that fit one message), one single-message PutShard stream per
 shard (the old path, for comparison), PutShards batches of 16; framed: one PUT frame
 per shard, PUT_MANY batches of 16 — every put acknowledged only after fsync. Each
@@ -146,6 +147,12 @@ async def small(address: str, clients: int, seconds: float, batch: int, prefix: 
         return done / (time.perf_counter() - started)
 
 
+async def scrub(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await pb_grpc.ShardStoreStub(channel).Scrub(pb.ScrubRequest(run_now=True), timeout=600)
+    assert not response.corrupt, response
+
+
 async def stat(address: str) -> pb.StatResponse:
     async with grpc.aio.insecure_channel(address) as channel:
         return await pb_grpc.ShardStoreStub(channel).Stat(pb.StatRequest(), timeout=30)
@@ -276,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{get_mib_s:.0f} MiB/s; CPU per MiB put+got: node "
                       f"{(process_cpu_s(process.pid) - node_cpu_s) / mib * 1e3:.2f} ms, client "
                       f"{(time.process_time() - client_cpu_s) / mib * 1e3:.2f} ms")
+                node_cpu_s, started = process_cpu_s(process.pid), time.perf_counter()
+                asyncio.run(scrub(address))
+                seconds, mib = time.perf_counter() - started, arguments.shards * arguments.shard_mib
+                print(f"scrub of those shards (unpaced; written and read direct, so not cached): "
+                      f"{mib / seconds:.0f} MiB/s; node CPU per MiB {(process_cpu_s(process.pid) - node_cpu_s) / mib * 1e3:.2f} ms")
         runs = {"unary": ("4 KiB PutShardUnary, one call per shard", 1, 1000, True, " (goal >= 2500)"),
                 "stream": ("4 KiB PutShard stream of one message per shard", 1, 2000, False, ""),
                 "batch": ("4 KiB shards via PutShards batches of 16", 16, 3000, True, ""),

@@ -1110,7 +1110,7 @@ class Node:
                 continue
             self._readers[current.location.extent] = self._readers.get(current.location.extent, 0) + 1
             try:
-                intact = await self._io(self._intact, current)
+                intact = await self._scrub_one(current, bytes_per_s)
             finally:
                 self._readers[current.location.extent] -= 1
             if not intact:
@@ -1119,11 +1119,33 @@ class Node:
                 found.append(shard)
             elif shard in self.corrupt and self.index.get(key) == current:
                 del self.corrupt[shard]
-            if bytes_per_s:
-                await asyncio.sleep(current.length / bytes_per_s)
-            else:
-                await asyncio.sleep(0)
         return found
+
+    async def _scrub_one(self, entry: Entry, bytes_per_s: int | None) -> bool:
+        """Whether every block of a stored shard matches its checksum, read in pieces of
+        at most SHARD_WRITE_STEP_BYTES, each paced to `bytes_per_s` (or a loop turn).
+        A piece goes direct on a real disk, on a thread: a scrub of a cold shard neither
+        pays a cold buffered read's CPU (~2 ms per MiB here, against ~0.15) nor pushes
+        hot objects out of the page cache, and holds one piece, not the whole shard."""
+        name = fmt.extent_name(entry.location.extent)
+        block = entry.block_size
+        step = max(block, self.limits.SHARD_WRITE_STEP_BYTES // block * block)
+
+        def sums_of(start: int, length: int) -> list[bytes] | None:
+            data = self.disk.read_direct(name, start, length) if self.disk.blocking else \
+                self.disk.read(name, start, length)
+            return fmt.block_checksums(data, block) if len(data) == length else None
+
+        if entry.length == 0:
+            await asyncio.sleep(0)
+        for offset in range(0, entry.length, step):
+            length = min(step, entry.length - offset)
+            first = offset // block
+            sums = await self._io(sums_of, entry.data_offset + offset, length)
+            if sums is None or sums != list(entry.checksums[first:first + len(sums)]):
+                return False
+            await asyncio.sleep(length / bytes_per_s if bytes_per_s else 0)
+        return True
 
     async def scrub_forever(self) -> None:
         while True:

@@ -391,6 +391,49 @@ def test_a_large_read_goes_direct_first_and_through_the_page_cache_when_repeated
     assert calls[1] == "read_cached" and calls[-1] == "read_cached", calls
 
 
+def test_scrub_reads_direct_in_bounded_pieces_and_finds_a_flip_in_any_of_them(run, tmp_path):
+    disk = RealDisk(str(tmp_path / "extents"))
+    lengths = {"read": [], "read_direct": []}
+    for method in lengths:
+        original = getattr(disk, method)
+
+        def counted(name, offset, length, original=original, method=method):
+            lengths[method].append(length)
+            return original(name, offset, length)
+
+        setattr(disk, method, counted)
+    node = run.open(disk, str(tmp_path / "index"), REAL_LIMITS)
+    rng = random.Random(11)
+    shards = {ShardId(bytes([number]) * 16, 0): rng.randbytes(size)
+              for number, size in enumerate([0, 1, 4096, 70_000, 250_000, 250_000])}
+    for shard, data in shards.items():
+        run(stream(node, shard, data, 65536))
+    for method in lengths:
+        lengths[method].clear()
+    assert run(node.scrub()) == []
+    step = REAL_LIMITS.SHARD_WRITE_STEP_BYTES
+    assert lengths["read"] == [] and lengths["read_direct"] and max(lengths["read_direct"]) <= step
+    assert sum(lengths["read_direct"]) == sum(len(data) for data in shards.values())
+    # One byte flipped in the first piece of one large shard, in the last piece of the other.
+    first, last = (shard for shard, data in shards.items() if len(data) == 250_000)
+    for shard, position in ((first, 5), (last, 250_000 - 3)):
+        entry = node.locate(shard)
+        path = tmp_path / "extents" / fmt.extent_name(entry.location.extent)
+        with open(path, "r+b") as file:
+            file.seek(entry.data_offset + position)
+            byte = file.read(1)
+            file.seek(entry.data_offset + position)
+            file.write(bytes([byte[0] ^ 0x20]))
+    assert sorted(run(node.scrub())) == sorted([first, last])
+    assert set(node.corrupt) == {first, last}
+    # Paced: at 1 MiB/s, each good piece read costs its share of a second; a bad piece
+    # ends its shard's check at once.
+    started = run.loop.time()
+    assert sorted(run(node.scrub(bytes_per_s=1 << 20))) == sorted([first, last])
+    paced = 1 + 4096 + 70_000 + (250_000 - step)     # every good piece before the flips is paced
+    assert run.loop.time() - started >= 0.9 * paced / (1 << 20)
+
+
 def _refuse_o_direct(monkeypatch) -> None:
     real_open = os.open
 
