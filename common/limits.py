@@ -66,6 +66,8 @@ class Limits:
     SHARD_WRITE_STEP_BYTES: int = 1 * MiB
     SHARD_COMPACT_LIVE_FRACTION: float = 0.5
     SHARD_SCRUB_BYTES_PER_S: int = 32 * MiB
+    SHARD_COMPACT_INTERVAL_MS: int = 60_000     # the background compactor's pause between passes
+    SHARD_COMPACT_BYTES_PER_S: int = 64 * MiB   # ... and the read rate of its copies
     SHARD_HEAT_HALF_LIFE_MS: int = 5000
     # The cluster BlobStore over shardstores (shardstore/blobstore.py).
     HOT_FACTOR: float = 2.0                     # a disk above this × the median bytes/s is hot (DESIGN §8)
@@ -106,6 +108,8 @@ class Limits:
             problems.append("need CHUNK <= SHARD_MAX and SHARD_WRITE_STEP a multiple of CHECKSUM_BLOCK")
         if not (0 < self.DISK_RESERVE_FRACTION < 1 and 0 < self.SHARD_COMPACT_LIVE_FRACTION < 1):
             problems.append("DISK_RESERVE_FRACTION and SHARD_COMPACT_LIVE_FRACTION must be in (0, 1)")
+        if not (self.SHARD_COMPACT_INTERVAL_MS > 0 and self.SHARD_COMPACT_BYTES_PER_S > 0):
+            problems.append("SHARD_COMPACT_INTERVAL_MS and SHARD_COMPACT_BYTES_PER_S must be positive")
         if not (self.HOT_FACTOR >= 1 and self.DISK_STAT_INTERVAL_MS > 0 and self.SHARD_CALL_TIMEOUT_MS > 0
                 and self.BLOB_READ_PREFETCH_STRIPES >= 1 and self.SMALL_PUT_BATCH_MAX >= 1
                 and self.SMALL_PUT_BATCH_MAX_BYTES >= self.SMALL_OBJECT_MAX and self.SMALL_GET_BATCH_MAX >= 1

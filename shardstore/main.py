@@ -1,17 +1,19 @@
 """`cairn shardstore --disk ID=PATH ... --listen HOST:PORT [--data-listen HOST:PORT]`.
 
 One shardstore process: a `Node` per disk (DESIGN §9; its own extents in
-PATH/extents, RocksDB index in PATH/index, index flusher and scrubber), served over
-gRPC on --listen (control and tools) and, with --data-listen, over the framed data
-protocol (shardstore/framed.py; what frontends and repair use). Every request
-names its disk id; a bare `--disk PATH` is disk "0".
+PATH/extents, RocksDB index in PATH/index, index flusher, scrubber and compactor),
+served over gRPC on --listen (control and tools) and, with --data-listen, over the
+framed data protocol (shardstore/framed.py; what frontends and repair use). Every
+request names its disk id; a bare `--disk PATH` is disk "0". --limits takes the
+[limits] of the frontends' TOML.
 
 Steps: open (recover) every node, one after the other; start both listeners
 (port 0 picks a free port); print the bound addresses once serving, flushed —
 `listening: grpc=HOST:PORT data=HOST:PORT`, or `listening: HOST:PORT` (the gRPC
-one) without --data-listen, as before; run each node's flusher and scrubber; on
-SIGTERM or SIGINT stop accepting, finish in-flight gRPC calls (2 s grace), cut off
-unfinished framed streams, flush every node and exit 0.
+one) without --data-listen, as before; run each node's flusher, scrubber and
+compactor (unless --no-scrub / --no-compact); on SIGTERM or SIGINT stop accepting,
+finish in-flight gRPC calls (2 s grace), cut off unfinished framed streams, flush
+every node and exit 0.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the users/limits TOML whose [limits] the nodes use (shard and extent sizes, "
                              "scrub rate, ...); the frontends' file, so both sides agree (default: built-in limits)")
     parser.add_argument("--no-scrub", action="store_true", help="do not run the background scrubbers")
+    parser.add_argument("--no-compact", action="store_true",
+                        help="do not run the background compactors (a gRPC Compact call still compacts)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
 
@@ -84,7 +88,7 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 async def _run(disk_paths: dict[str, str], listen: str, data_listen: str | None, scrub: bool,
-               limits: Limits = DEFAULT_LIMITS) -> int:
+               limits: Limits = DEFAULT_LIMITS, compact: bool = True) -> int:
     log = logging.getLogger("cairn.shardstore")
     nodes: dict[str, Node] = {}
     try:
@@ -106,6 +110,8 @@ async def _run(disk_paths: dict[str, str], listen: str, data_listen: str | None,
             node.spawn(node.flush_now_and_then())
             if scrub:
                 node.spawn(node.scrub_forever())
+            if compact:
+                node.spawn(node.compact_forever())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_run(disks, arguments.listen, arguments.data_listen, not arguments.no_scrub, limits))
+    return asyncio.run(_run(disks, arguments.listen, arguments.data_listen, not arguments.no_scrub, limits,
+                            not arguments.no_compact))
 
 
 if __name__ == "__main__":

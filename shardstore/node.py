@@ -75,7 +75,11 @@ Compaction, three separately crash-safe steps: `compact_copy` appends a COPY rec
 naming the source location of each live shard of a mostly-dead extent, and the
 rule switches the index entry only if it still points at that source (a CAS, also
 at replay); `compact_drop` flushes the index (so no durable entry and no record
-still to be replayed names the extent) and then removes the file.
+still to be replayed names the extent) and then removes the file. A copy is a
+streamed record (`_append_copy`: the source read in steps, direct, on a thread), so
+compaction neither stalls the loop nor holds a whole shard. `compact_forever` runs a
+pass every SHARD_COMPACT_INTERVAL_MS, its reads paced to SHARD_COMPACT_BYTES_PER_S,
+so deleted and overwritten shards give their space back unasked.
 
 Invariants:
 - A record is visible only after the fsync covering it; `seq` order = apply order.
@@ -280,6 +284,7 @@ class Node:
         self._reserved_bytes = 0
         self._readers: dict[int, int] = {}
         self._flush_lock = asyncio.Lock()
+        self._compact_lock = asyncio.Lock()
         self._last_flush_s = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
         self._committer: asyncio.Task | None = None
@@ -743,13 +748,16 @@ class Node:
                 _close_buffer(buffer)
 
     async def _append_streamed(self, header: Header, pieces: AsyncIterator[bytes],
-                               expected_checksums: list[bytes] | None) -> str:
+                               expected_checksums: list[bytes] | None, *,
+                               copy_of: list[bytes] | None = None) -> str:
         """Step 2 on a head of its own, cut as the module docstring's "Streamed records"
         says: the header and the first data bytes up to an aligned offset buffered, whole
         steps direct (or buffered and each fsynced, without O_DIRECT) from two page-aligned
         buffers, one filling while the other is written, then the rest and the trailer
         buffered. An error or a cancellation before the trailer is written cuts the record
-        off again."""
+        off again. A compaction copy passes the source's checksums as `copy_of`: they go
+        in the trailer whatever the bytes are, and a mismatch is a corruption finding,
+        not a refusal (rot found while copying stays detectable on the copy)."""
         head = self._acquire_head()
         name = fmt.extent_name(head.extent)
         start = head.size
@@ -801,7 +809,11 @@ class Node:
             if received != header.length:
                 raise BadShardRequest("shard shorter than its length")
             checksums = summer.finish()
-            if expected_checksums is not None and checksums != list(expected_checksums):
+            if copy_of is not None:
+                if checksums != copy_of:
+                    self.corrupt[header.shard] = "checksum mismatch found by compaction"
+                checksums = copy_of
+            elif expected_checksums is not None and checksums != list(expected_checksums):
                 raise BadShardRequest("block checksum mismatch: bytes damaged in transit")
             if in_flight is not None:
                 await asyncio.shield(in_flight)
@@ -1009,66 +1021,50 @@ class Node:
                 candidates.append((live / size if size else 0.0, extent))
         return [extent for _, extent in sorted(candidates)]
 
-    async def compact_copy(self, extent: int) -> int:
+    async def compact_copy(self, extent: int, bytes_per_s: int | None = None) -> int:
         """Compaction step 1-2: copy each live shard out of `extent`; the index switches
-        by CAS on the old location when the copy commits. Returns shards copied."""
+        by CAS on the old location when the copy commits. Returns shards copied.
+        `bytes_per_s` paces the reads (the background compactor's rate)."""
         invariant(not self._is_head(extent), "never compact an open extent")
         name = fmt.extent_name(extent)
         size = self.extent_sizes[extent]
         offset, copied = 0, 0
         while offset < size and self.live_bytes.get(extent, 0) > 0:
-            header = fmt.decode_header(self.disk.read(name, offset, fmt.HEADER_BYTES))
+            header = fmt.decode_header(await self._io(self.disk.read, name, offset, fmt.HEADER_BYTES))
             invariant(header is not None, f"a committed record's header is unreadable at {extent}:{offset}")
             end = offset + fmt.record_bytes(header.length, header.block_size)
             entry = self.index.get(fmt.index_key(header.shard)) if header.kind != fmt.KIND_TOMBSTONE else None
             if entry is not None and entry.location == Location(extent, offset):
                 copy = Header(fmt.KIND_COPY, 0, header.shard, entry.put_time_us, entry.length,
                               entry.block_size, Location(extent, offset))
-                outcome = await self._append_copy(copy, entry)
+                outcome = await self._append_copy(copy, entry, bytes_per_s)
                 copied += outcome == fmt.OUTCOME_OK
             offset = end
         return copied
 
-    async def _append_copy(self, header: Header, entry: Entry) -> str:
-        """Copy the raw bytes under their original checksums: rot stays detectable."""
+    async def _append_copy(self, header: Header, entry: Entry, bytes_per_s: int | None) -> str:
+        """Copy the raw bytes under their original checksums (rot stays detectable), as
+        a streamed record: read in SHARD_WRITE_STEP pieces (direct, on a thread, on a
+        real disk: cold bytes neither cost a buffered read's CPU nor fill the page
+        cache) and written like a streamed put's (whole steps direct, on a thread), so
+        a copy never stalls the loop nor holds a whole shard."""
         name = fmt.extent_name(entry.location.extent)
         step = self.limits.SHARD_WRITE_STEP_BYTES
+        read = self.disk.read_direct if self.disk.blocking else self.disk.read
 
         async def pieces() -> AsyncIterator[bytes]:
             for offset in range(0, entry.length, step):
-                yield self.disk.read(name, entry.data_offset + offset, min(step, entry.length - offset))
+                length = min(step, entry.length - offset)
+                yield await self._io(read, name, entry.data_offset + offset, length)
+                if bytes_per_s:
+                    await asyncio.sleep(length / bytes_per_s)
 
         self._readers[entry.location.extent] = self._readers.get(entry.location.extent, 0) + 1
+        self._admitted_since_seen += fmt.record_bytes(header.length, header.block_size)   # copies may use the reserve
         try:
-            return await self._append_copy_record(header, pieces(), list(entry.checksums))
+            return await self._append_streamed(header, pieces(), None, copy_of=list(entry.checksums))
         finally:
             self._readers[entry.location.extent] -= 1
-
-    async def _append_copy_record(self, header: Header, pieces: AsyncIterator[bytes], checksums: list[bytes]) -> str:
-        data_parts = []
-        async for piece in pieces:
-            data_parts.append(piece)
-        data = b"".join(data_parts)
-        actual = fmt.block_checksums(data, header.block_size)
-        if actual != checksums:
-            self.corrupt[header.shard] = "checksum mismatch found by compaction"
-        head = self._acquire_head()
-        name = fmt.extent_name(head.extent)
-        start = head.size
-        header_raw = fmt.encode_header(header)
-        seq = self._take_seq()
-        record = b"".join((header_raw, data, fmt.encode_trailer(header_raw, checksums, seq)))
-        self._admitted_since_seen += len(record)        # copies may use the reserve, but count
-        try:
-            self.disk.write(name, start, record)
-        except OSError as error:
-            self._release_head(head)
-            raise DiskFull(f"write failed: {error}") from error
-        head.size = start + len(record)
-        self.extent_sizes[head.extent] = head.size
-        entry = Entry(Location(head.extent, start), header.length, header.put_time_us, header.block_size,
-                      tuple(checksums))
-        return await self._enqueue(seq, header, entry, head.extent, head.size, head)
 
     async def compact_drop(self, extent: int) -> bool:
         """Compaction step 3: once nothing lives in `extent`, make the index durable
@@ -1089,13 +1085,36 @@ class Node:
                 and extent not in self._dirty
                 and not any(queued.extent == extent for queued in self._queue))
 
-    async def compact(self) -> int:
-        """Run every step on every candidate; returns extents dropped."""
+    async def compact(self, bytes_per_s: int | None = None) -> int:
+        """Run every step on every candidate, emptiest first; returns extents dropped.
+        A candidate that stopped being one meanwhile (reopened as a head, or dropped)
+        is skipped."""
         dropped = 0
-        for extent in self.compaction_candidates():
-            await self.compact_copy(extent)
-            dropped += await self.compact_drop(extent)
+        async with self._compact_lock:          # one pass at a time (background, or a Compact call)
+            for extent in self.compaction_candidates():
+                if extent not in self.extent_sizes or self._is_head(extent):
+                    continue
+                await self.compact_copy(extent, bytes_per_s)
+                dropped += await self.compact_drop(extent)
         return dropped
+
+    async def compact_forever(self) -> None:
+        """Background: a compaction pass every SHARD_COMPACT_INTERVAL_MS, its copies read
+        at SHARD_COMPACT_BYTES_PER_S, so the space of deleted and overwritten shards
+        comes back without anybody asking. A refused copy (the disk full even with the
+        reserve) ends the pass; the next one tries again. Stops once the node failed."""
+        period_s = self.limits.SHARD_COMPACT_INTERVAL_MS / 1000
+        while self.failed is None:
+            await asyncio.sleep(period_s)
+            before = len(self.extent_sizes), sum(self.extent_sizes.values())
+            try:
+                dropped = await self.compact(self.limits.SHARD_COMPACT_BYTES_PER_S)
+            except ShardStoreError as error:
+                log.warning("CompactionStopped error=%s", error)
+                continue
+            if dropped:
+                log.info("Compacted extents_dropped=%d extents=%d->%d bytes=%d->%d", dropped, before[0],
+                         len(self.extent_sizes), before[1], sum(self.extent_sizes.values()))
 
     # ================================================================ scrub
 

@@ -276,3 +276,31 @@ class ShardstoreProcess:
                 self.kill()
                 raise
         return self.process.returncode if self.process else 0
+
+
+class FramedShardstoreProcess(ShardstoreProcess):
+    """ShardstoreProcess (its kill and stop) on several disks and with the framed data
+    protocol too, both on ports it picks itself; `extra` arguments go on its command
+    line (`--limits FILE`, or `--no-compact` beside the `--no-scrub` it always has)."""
+
+    LISTENING = re.compile(r"listening: grpc=(\S+) data=(\S+)")
+
+    def __init__(self, disks: dict[str, str], extra: tuple[str, ...] = ()) -> None:
+        super().__init__("")
+        self.disks = disks
+        self.extra = extra
+        self.grpc = self.data = ""
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "deploy.cli", "shardstore"]
+        for disk, path in self.disks.items():
+            command += ["--disk", f"{disk}={path}"]
+        command += ["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--no-scrub", "--log-level", "WARNING",
+                    *self.extra]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
+        line = self.process.stdout.readline()
+        match = self.LISTENING.fullmatch(line.strip())
+        assert match, line
+        self.grpc, self.data = match.groups()
+        assert not self.grpc.endswith(":0") and not self.data.endswith(":0")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import grpc
 import pytest
 
 from common import framing
-from conftest import ShardstoreProcess
+from conftest import FramedShardstoreProcess as StoreProcess
 from common.limits import DEFAULT_LIMITS
 from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
@@ -35,30 +34,6 @@ from shardstore.client import ShardClient, ShardId, ShardNotFound, ShardStoreErr
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BLOCK = DEFAULT_LIMITS.CHECKSUM_BLOCK
 MiB = 1 << 20
-LISTENING = re.compile(r"listening: grpc=(\S+) data=(\S+)")
-
-
-class StoreProcess(ShardstoreProcess):
-    """conftest's shardstore process (its kill and stop), on several disks and with
-    the framed data protocol too, both on ports it picks itself."""
-
-    def __init__(self, disks: dict[str, str]) -> None:
-        super().__init__("")
-        self.disks = disks
-        self.grpc = self.data = ""
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "deploy.cli", "shardstore"]
-        for disk, path in self.disks.items():
-            command += ["--disk", f"{disk}={path}"]
-        command += ["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--no-scrub", "--log-level", "WARNING"]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True)
-        line = self.process.stdout.readline()
-        match = LISTENING.fullmatch(line.strip())
-        assert match, line
-        self.grpc, self.data = match.groups()
-        assert not self.grpc.endswith(":0") and not self.data.endswith(":0")
 
 
 def _data(client: int, number: int, size: int) -> bytes:

@@ -29,7 +29,7 @@ import pytest
 from common.limits import Limits
 from shardstore import format as fmt
 from shardstore.disk import RealDisk, SimDisk, aligned_buffer
-from shardstore.node import Node, ShardId, ShardNotFound
+from shardstore.node import Node, ShardCorrupt, ShardId, ShardNotFound
 
 LIMITS = Limits(EXTENT_MAX_BYTES=64 * 1024, CHECKSUM_BLOCK=256, SHARD_WRITE_STEP_BYTES=1024,
                 SHARD_MAX_BYTES=8192, SHARD_CHUNK_MAX_BYTES=2048)
@@ -432,6 +432,60 @@ def test_scrub_reads_direct_in_bounded_pieces_and_finds_a_flip_in_any_of_them(ru
     assert sorted(run(node.scrub(bytes_per_s=1 << 20))) == sorted([first, last])
     paced = 1 + 4096 + 70_000 + (250_000 - step)     # every good piece before the flips is paced
     assert run.loop.time() - started >= 0.9 * paced / (1 << 20)
+
+
+def test_compaction_copies_stream_off_the_loop_and_keep_rot_detectable(run, tmp_path):
+    import threading
+
+    disk = RealDisk(str(tmp_path / "extents"))
+    reads = []                                   # (method, length, on the loop's thread)
+    for method in ("read", "read_direct"):
+        original = getattr(disk, method)
+
+        def recorded(name, offset, length, original=original, method=method):
+            reads.append((method, length, threading.get_ident() == loop_thread))
+            return original(name, offset, length)
+
+        setattr(disk, method, recorded)
+    loop_thread = threading.get_ident()          # run() drives the loop on this thread
+    node = run.open(disk, str(tmp_path / "index"), REAL_LIMITS)
+    rng = random.Random(12)
+    shards = {ShardId(number.to_bytes(16, "big"), 0): rng.randbytes(rng.choice([1, 4096, 70_000, 250_000]))
+              for number in range(40)}
+    for shard, data in shards.items():
+        run(stream(node, shard, data, 65536))
+    for shard in list(shards)[::3]:
+        run(node.delete(shard))
+        del shards[shard]
+    for shard in list(shards)[::2]:              # a gap between the survivors
+        run(node.delete(shard))
+        del shards[shard]
+    run(node.close())
+    node = run.open(disk, str(tmp_path / "index"), REAL_LIMITS)     # every old extent is sealed now
+    rotten = max(shards, key=lambda shard: len(shards[shard]))
+    entry = node.locate(rotten)
+    with open(tmp_path / "extents" / fmt.extent_name(entry.location.extent), "r+b") as file:
+        file.seek(entry.data_offset + 100_000)
+        byte = file.read(1)
+        file.seek(entry.data_offset + 100_000)
+        file.write(bytes([byte[0] ^ 1]))
+    candidates = node.compaction_candidates()
+    assert candidates
+    reads.clear()
+    assert run(node.compact()) >= 1
+    assert reads and not any(on_loop for _, _, on_loop in reads), reads
+    step = REAL_LIMITS.SHARD_WRITE_STEP_BYTES
+    assert max(length for _, length, _ in reads) <= step
+    assert {method for method, length, _ in reads if length > fmt.HEADER_BYTES} == {"read_direct"}
+    assert set(candidates) - set(node.extent_sizes)            # mostly dead extents are gone
+    assert node.corrupt.keys() == {rotten}          # found while copying ...
+    for shard, data in shards.items():
+        if shard == rotten:
+            with pytest.raises(ShardCorrupt):       # ... and still found on the copy
+                run(node.read_all(shard))
+        else:
+            assert run(node.read_all(shard)) == data
+    assert node.locate(rotten).location.extent != entry.location.extent
 
 
 def _refuse_o_direct(monkeypatch) -> None:
