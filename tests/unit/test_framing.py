@@ -303,6 +303,60 @@ def test_one_way_both_directions_corked_and_reconnect_after_restart():
     run(main())
 
 
+def test_one_turns_small_frames_leave_in_one_write_and_every_frame_keeps_its_order():
+    async def main():
+        echo = Echo()
+        server = await echo.server()
+        client = Client("127.0.0.1", server.port)
+        try:
+            await client.connect()
+            connection = client.connection
+            writes: list = []
+            transport = connection.transport
+            real_write, real_writelines = transport.write, transport.writelines
+
+            class Counting:                      # the transport, its writes counted
+                def __getattr__(self, name):
+                    return getattr(transport, name)
+
+                def write(self, data):
+                    writes.append(len(data))
+                    real_write(data)
+
+                def writelines(self, chunks):
+                    chunks = list(chunks)
+                    writes.append(sum(map(len, chunks)))
+                    real_writelines(chunks)
+
+            connection.transport = Counting()
+            for i in range(10):                  # one loop turn: ten small one-way frames ...
+                connection.send(NOTE, b"", b"s%d" % i)
+            assert writes == []                  # ... nothing written yet
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert len(writes) == 1              # ... then all in one write
+            writes.clear()
+            large = random.randbytes(framing.LARGE_PAYLOAD_BYTES)
+            connection.send(NOTE, b"", b"before-large")
+            connection.send(NOTE, b"", large)    # a large frame goes at once, after what was queued
+            connection.send(NOTE, b"", b"queued")
+            connection.cork()
+            connection.send(NOTE, b"", b"corked")
+            connection.uncork()                  # what the turn queued first, then the corked ones
+            connection.send(NOTE, b"", b"last")
+            assert len(writes) == 4
+            notes = [b"s%d" % i for i in range(10)] + [b"before-large", large, b"queued", b"corked", b"last"]
+            for _ in range(200):
+                if len(echo.notes) == len(notes):
+                    break
+                await asyncio.sleep(0.01)
+            assert echo.notes == notes
+        finally:
+            await client.close()
+            await server.close()
+    run(main())
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
