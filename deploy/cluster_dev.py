@@ -20,8 +20,9 @@ Steps: write cluster.toml; start the shardstores, the three metadata nodes, the
 maintenance process (reaper, sweep, repair) when this build has it, each ready
 before the next; reserve the S3 port and start the frontend workers, each listening
 on it with SO_REUSEPORT (`_reserve_port`); print endpoint and credentials; on SIGINT/SIGTERM
-stop the workers, then the rest (metadata nodes sync and mark a clean stop). The
-supervisor restarts any process that dies, saying so.
+stop the workers and the maintenance process, then (once they are gone) the rest
+(metadata nodes sync and mark a clean stop). The supervisor restarts any process
+that dies, saying so.
 """
 
 from __future__ import annotations
@@ -232,7 +233,9 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     await stop.wait()
     if follower is not None:
         follower.cancel()
-    await group.stop()
+    # The clients first (workers finish their requests, maintenance its pass), so
+    # none of them sees a store or metadata node vanish under it.
+    await group.stop(first=[spec.name for spec in specs if spec.name.startswith("frontend-") or spec.name == "maintain"])
     listener.close()
     print("stopped", file=sys.stderr)
     return 0

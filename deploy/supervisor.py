@@ -7,7 +7,8 @@
 2. while running, a child that exits unexpectedly is restarted after a backoff
    (doubling from RESTART_BACKOFF_S, reset once it has run for a while), with a
    log line saying so (`ProcessRestarted name=... exit=...`);
-3. on stop, every child gets SIGTERM, and SIGKILL after STOP_TIMEOUT_S;
+3. on stop, every child gets SIGTERM, and SIGKILL after STOP_TIMEOUT_S; the ones
+   named `first` (clients of the others) go before the rest are signalled;
 4. `update(spec)` runs a changed child (the cluster's layout file changed): a child
    of that name with another command line is stopped and comes back with the new
    one (step 2); a new name is started and supervised.
@@ -24,6 +25,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import Collection
 
 log = logging.getLogger("cairn.supervisor")
 
@@ -169,11 +171,15 @@ class Supervisor:
                 return child.process.pid
         return None
 
-    async def stop(self) -> None:
+    async def stop(self, first: Collection[str] = ()) -> None:
+        """Step 3. The children named in `first` (the clients of the others) are
+        stopped, and gone, before the rest get their SIGTERM."""
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()
-        await asyncio.gather(*(self._kill(child) for child in reversed(self.children)), return_exceptions=True)
+        for tier in ([child for child in self.children if child.spec.name in first],
+                     [child for child in self.children if child.spec.name not in first]):
+            await asyncio.gather(*(self._kill(child) for child in reversed(tier)), return_exceptions=True)
 
     async def _kill(self, child: _Child) -> None:
         process = child.process

@@ -52,6 +52,28 @@ def test_start_restart_stop(monkeypatch):
     asyncio.run(run())
 
 
+def test_stop_stops_the_clients_first_and_the_rest_once_they_are_gone(tmp_path):
+    journal = tmp_path / "journal"
+    script = ("import signal, sys, time\n"
+              "name, linger = sys.argv[1], float(sys.argv[2])\n"
+              "def term(*_):\n"
+              "    open(sys.argv[3], 'a').write(name + ' term\\n')\n"
+              "    time.sleep(linger)\n"
+              "    open(sys.argv[3], 'a').write(name + ' exit\\n')\n"
+              "    sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, term)\n"
+              "print('listening: 127.0.0.1:1', flush=True)\n"
+              "time.sleep(60)\n")
+
+    async def run():
+        group = Supervisor([ProcessSpec("server", [sys.executable, "-c", script, "server", "0", str(journal)]),
+                            ProcessSpec("client", [sys.executable, "-c", script, "client", "0.3", str(journal)])])
+        await group.start()
+        await group.stop(first=["client"])
+    asyncio.run(run())
+    assert journal.read_text().split("\n")[:-1] == ["client term", "client exit", "server term", "server exit"]
+
+
 def test_a_child_that_dies_before_ready_is_named():
     async def run():
         group = Supervisor([ProcessSpec("broken", [sys.executable, "-c", "print('cannot open disk'); raise SystemExit(3)"])])
