@@ -1,7 +1,7 @@
 """Operator commands on a running cluster: `cairn status` and `cairn disk remove|add` (DESIGN §12, §14).
 
     cairn status --cluster FILE
-        disks (id, store, failure domain, state in/out, reachable, fill, heat in
+        disks (id, store, failure domain, state in/out, reachable, fill, live share, heat in
         bytes/s read and written, corrupt shards found), metadata nodes reachable,
         and objects below full redundancy: data ids `R` lists under DEGRADED plus
         those on `out` disks (each counted once).
@@ -48,7 +48,8 @@ def add_commands(subparsers) -> None:
     status = subparsers.add_parser(
         "status", help="show disks, metadata nodes and objects below full redundancy",
         description="Show every disk of the cluster's data layout (store, failure domain, state in/out, reachable, "
-                    "fill, heat in bytes/s read and written, corrupt shards found), whether each metadata node "
+                    "fill, share of its extents' bytes still live, heat in bytes/s read and written, corrupt shards "
+                    "found), whether each metadata node "
                     "answers, and how many objects are below full redundancy (awaiting repair).")
     status.add_argument("--cluster", required=True, metavar="FILE",
                         help="the cluster TOML ([[nodes]] and [[shardstores]]; `cairn dev` writes DATA_DIR/cluster.toml)")
@@ -276,6 +277,7 @@ class DiskStatus:
     state: str
     up: bool
     fill_ratio: float = 0.0
+    live_ratio: float = 1.0                     # of the extents' bytes, those still referenced
     read_bytes_per_s: float = 0.0
     write_bytes_per_s: float = 0.0
     corrupt: int = 0
@@ -297,6 +299,7 @@ async def disk_statuses(layout: DataLayout, timeout_s: float) -> list[DiskStatus
             return status
         status.up = True
         status.fill_ratio, status.corrupt = stat.fill_ratio, stat.corrupt_count
+        status.live_ratio = stat.live_bytes / stat.used_bytes if stat.used_bytes else 1.0
         status.read_bytes_per_s, status.write_bytes_per_s = stat.read_bytes_per_s, stat.write_bytes_per_s
         return status
 
@@ -360,16 +363,18 @@ async def status_report(path: str, timeout_s: float) -> str:
         raise AdminError(f"{path}: its metadata [[nodes]] are unusable: {error}") from None
     disks = await disk_statuses(layout, timeout_s)
     lines = [f"disks ({layout.k}+{layout.m}):",
-             f"  {'ID':<10} {'STORE':<12} {'DOMAIN':<18} {'STATE':<5} {'REACH':<5} {'FILL':>6} "
+             f"  {'ID':<10} {'STORE':<12} {'DOMAIN':<18} {'STATE':<5} {'REACH':<5} {'FILL':>6} {'LIVE':>6} "
              f"{'READ':>12} {'WRITTEN':>12} {'CORRUPT':>7}"]
     for disk in disks:
         if disk.up:
             lines.append(f"  {disk.id:<10} {disk.store:<12} {disk.domain:<18} {disk.state:<5} {'up':<5} "
-                         f"{disk.fill_ratio:>6.1%} {_rate(disk.read_bytes_per_s):>12} "
+                         f"{disk.fill_ratio:>6.1%} {disk.live_ratio:>6.1%} {_rate(disk.read_bytes_per_s):>12} "
                          f"{_rate(disk.write_bytes_per_s):>12} {disk.corrupt:>7}")
         else:
             lines.append(f"  {disk.id:<10} {disk.store:<12} {disk.domain:<18} {disk.state:<5} {'DOWN':<5} "
-                         f"{'-':>6} {'-':>12} {'-':>12} {'-':>7}  ({disk.error})")
+                         f"{'-':>6} {'-':>6} {'-':>12} {'-':>12} {'-':>7}  ({disk.error})")
+    lines.append("  (FILL: of the disk; LIVE: of the bytes in its extents, those still referenced — "
+                 "the background compactor gives the rest back)")
     nodes = cluster.nodes
     reachable = await asyncio.gather(*(node_reachable(node.host, node.port, timeout_s) for node in nodes))
     lines.append("metadata nodes: " + ", ".join(f"{node.id} {node.host}:{node.port} {'up' if up else 'DOWN'}"

@@ -429,6 +429,8 @@ def test_disk_remove_reaches_a_running_maintainer_and_status_reports_the_disks(t
             report = await admin.status_report(str(path), 0.5)
             row = next(line for line in report.splitlines() if line.strip().startswith(out + " "))
             assert " out " in row and " up " in row
+            live = float(row.split()[6].rstrip("%"))                  # the LIVE column, after FILL
+            assert 0 <= live <= 100 and "LIVE" in report
             assert "objects below full redundancy: unknown" in report   # no metadata node listens here
         finally:
             await maintainer.close()
