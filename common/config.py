@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.limits import Limits
+from common.limits import DEFAULT_LIMITS, Limits
 
 _ACCESS_KEY = re.compile(r"^[A-Za-z0-9._-]{3,128}$")
 
@@ -60,6 +60,13 @@ def load(path: str | os.PathLike) -> Config:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{location}: not valid TOML: {error}") from None
     return parse(table, str(location))
+
+
+def load_limits(path: str | os.PathLike | None) -> Limits:
+    """The [limits] of the users/limits TOML a server process is given (`--limits FILE`:
+    the frontends' file, so every process agrees), or the built-in ones without one.
+    ConfigError says what is wrong with the file."""
+    return load(path).limits if path else DEFAULT_LIMITS
 
 
 def parse(table: dict, origin: str = "<config>") -> Config:

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from common import config as configuration
 from common.limits import DEFAULT_LIMITS, Limits
 from common.memory import keep_freed_memory
 from index.replica import IndexReplica
@@ -81,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                              "DEDUP_WINDOW); the same file on every node (default: built-in limits)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     arguments = parser.parse_args(argv)
-    limits = DEFAULT_LIMITS
-    if arguments.limits:
-        from common import config as configuration
-
-        try:
-            limits = configuration.load(arguments.limits).limits
-        except configuration.ConfigError as error:
-            parser.error(str(error))
+    try:
+        limits = configuration.load_limits(arguments.limits)
+    except configuration.ConfigError as error:
+        parser.error(str(error))
     logging.basicConfig(level=arguments.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import uvloop

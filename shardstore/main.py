@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 
+from common import config as configuration
 from common.limits import DEFAULT_LIMITS, Limits
 from common.memory import keep_freed_memory
 from shardstore.disk import RealDisk
@@ -138,14 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             _split_address(arguments.data_listen)
     except ValueError as error:
         parser.error(str(error))
-    limits = DEFAULT_LIMITS
-    if arguments.limits:
-        from common import config as configuration
-
-        try:
-            limits = configuration.load(arguments.limits).limits
-        except configuration.ConfigError as error:
-            parser.error(str(error))
+    try:
+        limits = configuration.load_limits(arguments.limits)
+    except configuration.ConfigError as error:
+        parser.error(str(error))
     logging.basicConfig(level=arguments.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     keep_freed_memory()
