@@ -28,12 +28,13 @@ Protocol:
    `send` (one-way) on a client that is not connected drops the frame and starts
    a reconnect (the journal's cores resend what was not acknowledged).
 6. Small frames (payload under 16 KiB) written in one event loop turn leave
-   together, in one write at the start of the next turn (one syscall, and one
-   wake-up of the peer, however many requests and answers the turn produced:
-   measured, 64 KiB GET @32 +4-9 % and 4 KiB GET @64 +16 % through the cluster). A
-   large frame is written at once, after the small ones queued before it. Writes
-   can also be corked: frames queued between `cork()` and `uncork()` leave in one
-   write; frames keep the order they were written in either way.
+   together, in one write at the start of the next turn (`TurnWriter`: one syscall,
+   and one wake-up of the peer, however many requests and answers the turn
+   produced; measured, 64 KiB GET @32 +4-9 % and 4 KiB GET @64 +16 % through the
+   cluster). A large frame is written at once, after the small ones queued before
+   it. Writes can also be corked: frames queued between `cork()` and `uncork()`
+   leave at the uncork, in one write with the small ones the turn wrote before
+   them; frames keep the order they were written in either way.
 """
 
 from __future__ import annotations
@@ -104,6 +105,60 @@ def encode_frame(id: int, kind: int, type: int, meta: bytes = b"", payload: byte
     return _FIXED.pack(MAGIC, VERSION, 0, len(header), len(payload)) + header, payload
 
 
+class TurnWriter:
+    """A transport whose small writes of one event loop turn leave together, in one
+    write at the start of the next turn (step 6): one syscall, and one wake-up of the
+    peer, however many frames (or a response's head and body) the turn produced. A
+    write of LARGE_WRITE_BYTES or more goes at once, in one writelines with what
+    waits before it, so bytes keep the order they were written in. close() sends
+    what waits first; abort() drops it. Everything else is the transport's own.
+    Framed connections and the HTTP frontend (frontend/server.py) write through one."""
+
+    LARGE_WRITE_BYTES = 16384
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._waiting: list = []
+
+    def write(self, data) -> None:
+        if not data:
+            return
+        if len(data) >= self.LARGE_WRITE_BYTES:
+            if self._waiting:
+                waiting, self._waiting = self._waiting, []
+                waiting.append(data)
+                self._transport.writelines(waiting)
+            else:
+                self._transport.write(data)
+            return
+        if not self._waiting:
+            self._loop.call_soon(self.flush)
+        self._waiting.append(bytes(data))
+
+    def writelines(self, chunks) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Send what waits now, not at the next turn."""
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            if not self._transport.is_closing():
+                self._transport.write(waiting[0] if len(waiting) == 1 else b"".join(waiting))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._waiting = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class Connection(asyncio.BufferedProtocol):
     """One framed connection, either side. `handler(connection, frame)` gets REQUEST and ONEWAY frames."""
 
@@ -137,13 +192,12 @@ class Connection(asyncio.BufferedProtocol):
         self._drained: asyncio.Future | None = None
         self._cork_depth = 0
         self._corked: list = []
-        self._turn: list = []                       # small frames of this loop turn (step 6)
         self.closed_future: asyncio.Future = asyncio.get_event_loop().create_future()
 
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        self.transport = TurnWriter(transport)      # step 6
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
 
@@ -289,21 +343,10 @@ class Connection(asyncio.BufferedProtocol):
             self._corked.append(prefix)
             if payload:
                 self._corked.append(payload)
-        elif len(payload) < 16384:
-            if not self._turn:
-                self.closed_future.get_loop().call_soon(self._flush_turn)
-            self._turn.append(prefix + payload if payload else prefix)
+        elif len(payload) < TurnWriter.LARGE_WRITE_BYTES:
+            self.transport.write(prefix + payload if payload else prefix)
         else:
-            self._flush_turn()
             self.transport.writelines((prefix, payload))
-
-    def _flush_turn(self) -> None:
-        """The small frames of one loop turn, in one write (step 6)."""
-        if not self._turn:
-            return
-        chunks, self._turn = self._turn, []
-        if not self.closed:
-            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def cork(self) -> None:
         self._cork_depth += 1
@@ -312,14 +355,9 @@ class Connection(asyncio.BufferedProtocol):
         self._cork_depth -= 1
         if self._cork_depth == 0 and self._corked:
             chunks, self._corked = self._corked, []
-            self._flush_turn()                          # what went before goes first
             if not self.closed:
-                if len(chunks) == 1:
-                    self.transport.write(chunks[0])
-                elif sum(map(len, chunks)) < LARGE_PAYLOAD_BYTES:
-                    self.transport.write(b"".join(chunks))    # small frames: one copy beats writev's setup
-                else:
-                    self.transport.writelines(chunks)
+                self.transport.writelines(chunks)       # after what this turn wrote before
+                self.transport.flush()                  # corked frames leave now, in one write
 
     async def drain(self) -> None:
         if self.closed:
@@ -371,7 +409,6 @@ class Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self._flush_turn()
             self.transport.close()
 
     def abort(self) -> None:

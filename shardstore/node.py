@@ -1102,14 +1102,15 @@ class Node:
         """Background: a compaction pass every SHARD_COMPACT_INTERVAL_MS, its copies read
         at SHARD_COMPACT_BYTES_PER_S, so the space of deleted and overwritten shards
         comes back without anybody asking. A refused copy (the disk full even with the
-        reserve) ends the pass; the next one tries again. Stops once the node failed."""
+        reserve) or a failed read or write ends the pass, logged; the next one tries
+        again. Stops once the node failed."""
         period_s = self.limits.SHARD_COMPACT_INTERVAL_MS / 1000
         while self.failed is None:
             await asyncio.sleep(period_s)
             before = len(self.extent_sizes), sum(self.extent_sizes.values())
             try:
                 dropped = await self.compact(self.limits.SHARD_COMPACT_BYTES_PER_S)
-            except ShardStoreError as error:
+            except (ShardStoreError, OSError) as error:     # refused, or the disk failed a read or write
                 log.warning("CompactionStopped error=%s", error)
                 continue
             if dropped:

@@ -1,11 +1,13 @@
-"""Property: the frontend's HTTP transport wrapper (frontend/server.py `_TurnTransport`)
-sends the small writes of one event loop turn in one write, keeps every byte in the
-order it was written (a large write goes at once, after what waits), sends what
-waits before a close and nothing after an abort, and passes everything else through.
+"""Property: `TurnWriter` (common/framing.py; framed connections and the HTTP
+frontend write through it) sends the small writes of one event loop turn in one
+write, keeps every byte in the order it was written (a large write goes at once,
+after what waits), sends what waits before a close and nothing after an abort, and
+passes everything else through.
 
-Method: the wrapper over a recording stand-in transport on a real uvloop loop; the
-HTTP behaviour over real sockets (keep-alive, 100-continue, chunked bodies, the 400
-of the parser, TLS) is tests/integration/test_s3_http.py's.
+Method: the writer over a recording stand-in transport on a real uvloop loop. Over
+real sockets: framed connections in tests/unit/test_framing.py, the HTTP behaviour
+(keep-alive, 100-continue, chunked bodies, the 400 of the parser, TLS) in
+tests/integration/test_s3_http.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 
 import uvloop
 
-from frontend.server import _TurnTransport
+from common.framing import TurnWriter
 
 
 class Recording:
@@ -46,7 +48,7 @@ class Recording:
 def test_one_turns_small_writes_leave_together_and_in_order():
     async def main():
         inner = Recording()
-        transport = _TurnTransport(inner)
+        transport = TurnWriter(inner)
         transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
         transport.write(b"")
         transport.write(b"small body")
@@ -55,7 +57,7 @@ def test_one_turns_small_writes_leave_together_and_in_order():
         await asyncio.sleep(0)
         assert inner.calls == [("write", b"HTTP/1.1 200 OK\r\n\r\nsmall body")]
         inner.calls.clear()
-        large = b"x" * _TurnTransport.LARGE_BYTES
+        large = b"x" * TurnWriter.LARGE_WRITE_BYTES
         transport.write(b"head;")
         transport.write(large)                       # at once, with what waits before it
         assert inner.calls == [("writelines", b"head;" + large)]
@@ -69,7 +71,7 @@ def test_one_turns_small_writes_leave_together_and_in_order():
         assert transport.get_extra_info("peername") == ("peer", "peername")
 
         inner = Recording()
-        transport = _TurnTransport(inner)
+        transport = TurnWriter(inner)
         transport.write(b"never sent")
         transport.abort()
         await asyncio.sleep(0)
