@@ -36,6 +36,7 @@ import boto3
 import botocore.config
 import pytest
 import urllib3.util.connection
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 CAIRN = ROOT / ".venv" / "bin" / "cairn"
@@ -304,3 +305,28 @@ class FramedShardstoreProcess(ShardstoreProcess):
         assert match, line
         self.grpc, self.data = match.groups()
         assert not self.grpc.endswith(":0") and not self.data.endswith(":0")
+
+
+MISSING_SHARD = 99          # range_requests: the shard number that is never put
+
+
+def range_requests(sizes: list[int]):
+    """Hypothesis: lists of (shard number, start, end | None) over shards numbered
+    100, 101, ... (one per size in `sizes`) and MISSING_SHARD, for the batched-read
+    properties (framed GET_MANY, gRPC GetShards)."""
+
+    @st.composite
+    def requests(draw):
+        items = []
+        for _ in range(draw(st.integers(0, 12))):
+            number = draw(st.sampled_from(range(len(sizes) + 1)))
+            if number == len(sizes):
+                items.append((MISSING_SHARD, 0, None))
+                continue
+            size = sizes[number]
+            start = draw(st.integers(0, size))
+            end = draw(st.one_of(st.none(), st.integers(start, size)))
+            items.append((100 + number, start, end))
+        return items
+
+    return requests()

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 
 from common import framing
+from conftest import range_requests
 from common.limits import DEFAULT_LIMITS
 from shardstore import shardstore_pb2 as pb
 from shardstore.client import (
@@ -224,25 +225,11 @@ def test_too_many_items_or_bytes_and_an_unknown_disk_are_refused_whole(store):
     uvloop.run(with_client(store, body))
 
 
-@st.composite
-def requests(draw):
-    """A list of (shard, start, end | None) over the property's shards and one missing shard."""
-    items = []
-    for _ in range(draw(st.integers(0, 12))):
-        number = draw(st.sampled_from(range(len(SIZES) + 1)))
-        if number == len(SIZES):
-            items.append((sid(99), 0, None))
-            continue
-        size = SIZES[number]
-        start = draw(st.integers(0, size))
-        end = draw(st.one_of(st.none(), st.integers(start, size)))
-        items.append((sid(100 + number), start, end))
-    return items
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(items=requests())
+@given(items=range_requests(SIZES))
 def test_get_many_equals_a_get_per_item(store, shards, items):
+    items = [(sid(number), start, end) for number, start, end in items]
+
     async def body(client):
         results = await client.get_many("a", items, timeout_s=T)
         assert len(results) == len(items)

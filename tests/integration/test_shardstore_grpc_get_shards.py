@@ -25,10 +25,10 @@ import tempfile
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 
 from common.limits import DEFAULT_LIMITS
-from conftest import ShardstoreProcess
+from conftest import ShardstoreProcess, range_requests
 from shardstore import shardstore_pb2 as pb
 from shardstore import shardstore_pb2_grpc as pb_grpc
 from shardstore.client import block_checksums
@@ -159,24 +159,8 @@ def shards(stub) -> dict[int, bytes]:
     return stored
 
 
-@st.composite
-def requests(draw):
-    """A list of (shard number, start, end | None) over the property's shards and one missing shard."""
-    items = []
-    for _ in range(draw(st.integers(0, 12))):
-        number = draw(st.sampled_from(range(len(SIZES) + 1)))
-        if number == len(SIZES):
-            items.append((99, 0, None))
-            continue
-        size = SIZES[number]
-        start = draw(st.integers(0, size))
-        end = draw(st.one_of(st.none(), st.integers(start, size)))
-        items.append((100 + number, start, end))
-    return items
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(items=requests())
+@given(items=range_requests(SIZES))
 def test_get_shards_equals_a_get_shard_per_item(stub, shards, items):
     answers = get_shards(stub, [(sid(number), start, end) for number, start, end in items])
     for (number, start, end), item in zip(items, answers):
