@@ -16,11 +16,16 @@ stopped by that fixture (SIGTERM, then SIGKILL after STOP_TIMEOUT_S).
   does not map `*.localhost` to loopback (RFC 6761 says it should), so the tests
   resolve those names to 127.0.0.1 at connect time, like curl's --resolve: the
   request, its Host header and its signature are exactly what boto3 sends.
+- `AWKWARD_TREE`, `make_tree(root)`, `assert_same_tree(left, right)`: a tree of names S3
+  tools have mangled before, for round trips through a client (test_aws_cli.py,
+  test_s3_tools.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import filecmp
+import hashlib
 import os
 import re
 import selectors
@@ -330,3 +335,38 @@ def range_requests(sizes: list[int]):
         return items
 
     return requests()
+
+
+AWKWARD_TREE = {
+    "plain.txt": 100,
+    "with space.txt": 1000,
+    "plus+sign+.bin": 70_000,
+    "ünïcødé ñandú.txt": 10,
+    "emoji \U0001F600.txt": 5,
+    "empty": 0,
+    "nested/deeper/a b+c é.bin": 300_000,
+    "nested/deeper/still/ключ.dat": 4097,
+    "nested/100% sure.txt": 42,
+    "sp ace dir/+plus dir/file": 7,
+}
+
+
+def make_tree(root: Path) -> None:
+    for index, (name, size) in enumerate(AWKWARD_TREE.items()):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(hashlib.shake_256(f"{index}:{name}".encode()).digest(size) if size else b"")
+
+
+def assert_same_tree(left: Path, right: Path) -> None:
+    def walk(comparison: filecmp.dircmp) -> None:
+        assert not comparison.left_only and not comparison.right_only and not comparison.funny_files, \
+            (comparison.left, comparison.left_only, comparison.right_only)
+        _, mismatch, errors = filecmp.cmpfiles(comparison.left, comparison.right, comparison.common_files, shallow=False)
+        assert not mismatch and not errors, (mismatch, errors)
+        for sub in comparison.subdirs.values():
+            walk(sub)
+
+    walk(filecmp.dircmp(left, right))
+    left_files = sorted(str(path.relative_to(left)) for path in left.rglob("*") if path.is_file())
+    assert left_files == sorted(AWKWARD_TREE)

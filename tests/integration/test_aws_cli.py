@@ -20,25 +20,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import AWKWARD_TREE, assert_same_tree, make_tree
 
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS = ROOT / ".venv" / "bin" / "aws"
 MiB = 1024 * 1024
-
-TREE = {
-    "plain.txt": 100,
-    "with space.txt": 1000,
-    "plus+sign+.bin": 70_000,
-    "ünïcødé ñandú.txt": 10,
-    "emoji \U0001F600.txt": 5,
-    "empty": 0,
-    "nested/deeper/a b+c é.bin": 300_000,
-    "nested/deeper/still/ключ.dat": 4097,
-    "nested/100% sure.txt": 42,
-    "sp ace dir/+plus dir/file": 7,
-}
 
 
 @pytest.fixture(scope="module", params=["http", "https"])
@@ -64,40 +52,19 @@ def aws(server, *arguments: str, check: bool = True) -> subprocess.CompletedProc
     return result
 
 
-def _make_tree(root: Path) -> None:
-    for index, (name, size) in enumerate(TREE.items()):
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(hashlib.shake_256(f"{index}:{name}".encode()).digest(size) if size else b"")
-
-
-def _assert_same_tree(left: Path, right: Path) -> None:
-    def walk(comparison: filecmp.dircmp) -> None:
-        assert not comparison.left_only and not comparison.right_only and not comparison.funny_files, \
-            (comparison.left, comparison.left_only, comparison.right_only)
-        _, mismatch, errors = filecmp.cmpfiles(comparison.left, comparison.right, comparison.common_files, shallow=False)
-        assert not mismatch and not errors, (mismatch, errors)
-        for sub in comparison.subdirs.values():
-            walk(sub)
-
-    walk(filecmp.dircmp(left, right))
-    left_files = sorted(str(path.relative_to(left)) for path in left.rglob("*") if path.is_file())
-    assert left_files == sorted(TREE)
-
-
 def test_sync_round_trip_awkward_names(cli_server, tmp_path):
     source, target = tmp_path / "source", tmp_path / "target"
-    _make_tree(source)
+    make_tree(source)
     aws(cli_server, "s3", "mb", "s3://sync-bucket")
     aws(cli_server, "s3", "sync", str(source), "s3://sync-bucket/tree")
     aws(cli_server, "s3", "sync", "s3://sync-bucket/tree", str(target))
-    _assert_same_tree(source, target)
+    assert_same_tree(source, target)
     # A second sync in either direction finds nothing to do.
     assert aws(cli_server, "s3", "sync", str(source), "s3://sync-bucket/tree").stdout.strip() == b""
     assert aws(cli_server, "s3", "sync", "s3://sync-bucket/tree", str(target)).stdout.strip() == b""
     listing = aws(cli_server, "s3", "ls", "--recursive", "s3://sync-bucket/tree/").stdout.decode("utf-8")
     listed = sorted(line.split(None, 3)[3][len("tree/"):] for line in listing.splitlines() if line.strip())
-    assert listed == sorted(TREE)
+    assert listed == sorted(AWKWARD_TREE)
     top = aws(cli_server, "s3", "ls", "s3://sync-bucket/tree/").stdout.decode("utf-8")
     assert "PRE nested/" in top and "PRE sp ace dir/" in top and "with space.txt" in top
     head = json.loads(aws(cli_server, "s3api", "head-object", "--bucket", "sync-bucket", "--key", "tree/plus+sign+.bin").stdout)
