@@ -83,6 +83,19 @@ XAmzContentSHA256Mismatch = _error("XAmzContentSHA256Mismatch", 400, "The provid
 InvalidObjectState = _error("InvalidObjectState", 403, "The operation is not valid for the object's storage class.")
 ConditionalRequestConflict = _error("ConditionalRequestConflict", 409, "A conflicting conditional operation is currently in progress against this resource.")
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
+UnexpectedContent = _error("UnexpectedContent", 400, "This request does not support content.")
+MalformedACLError = _error("MalformedACLError", 400, "The XML you provided was not well-formed or did not validate against our published schema.")
+# "None set": what S3 answers for a bucket configuration that was never set (frontend/s3/handlers/configuration.py).
+NoSuchBucketPolicy = _error("NoSuchBucketPolicy", 404, "The bucket policy does not exist")
+NoSuchCORSConfiguration = _error("NoSuchCORSConfiguration", 404, "The CORS configuration does not exist")
+NoSuchLifecycleConfiguration = _error("NoSuchLifecycleConfiguration", 404, "The lifecycle configuration does not exist")
+NoSuchPublicAccessBlockConfiguration = _error("NoSuchPublicAccessBlockConfiguration", 404, "The public access block configuration was not found")
+NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
+NoSuchWebsiteConfiguration = _error("NoSuchWebsiteConfiguration", 404, "The specified bucket does not have a website configuration")
+ObjectLockConfigurationNotFoundError = _error("ObjectLockConfigurationNotFoundError", 404, "Object Lock configuration does not exist for this bucket")
+OwnershipControlsNotFoundError = _error("OwnershipControlsNotFoundError", 404, "The bucket ownership controls were not found")
+ReplicationConfigurationNotFoundError = _error("ReplicationConfigurationNotFoundError", 404, "The replication configuration was not found")
+ServerSideEncryptionConfigurationNotFoundError = _error("ServerSideEncryptionConfigurationNotFoundError", 404, "The server side encryption configuration was not found")
 
 # Not an error: a 304 has no body and is raised only to leave the handler.
 NotModified = _error("NotModified", 304, "Not Modified")

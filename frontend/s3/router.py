@@ -14,6 +14,12 @@ Rules:
    implement routes to `Unsupported` (answered NotImplemented), never to a 500.
 3. `x-amz-copy-source` turns PutObject into CopyObject and UploadPart into
    UploadPartCopy.
+4. Reading a bucket configuration Cairn has no feature for (CORS, policy, lifecycle,
+   tagging, website, encryption, replication, object lock, public access block,
+   ownership controls, accelerate, request payment, logging, notification) routes to
+   `GetBucketConfiguration`, answered as S3 answers for a bucket with none set
+   (frontend/s3/handlers/configuration.py); setting one stays `Unsupported`. ACLs
+   route to their own endpoints: Cairn's one ACL is the owner's FULL_CONTROL.
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ class ListObjectsV2(Endpoint): pass
 class ListMultipartUploads(Endpoint): pass
 @dataclass(frozen=True)
 class DeleteObjects(Endpoint): pass
+@dataclass(frozen=True)
+class GetBucketAcl(Endpoint): pass
+@dataclass(frozen=True)
+class PutBucketAcl(Endpoint): pass
+
+
+@dataclass(frozen=True)
+class GetBucketConfiguration(Endpoint):
+    """GET ?<subresource> of a bucket configuration Cairn has none of (rule 4)."""
+
+    subresource: str = ""
 
 # Object
 @dataclass(frozen=True)
@@ -77,6 +94,14 @@ class CompleteMultipartUpload(Endpoint): pass
 class AbortMultipartUpload(Endpoint): pass
 @dataclass(frozen=True)
 class ListParts(Endpoint): pass
+@dataclass(frozen=True)
+class GetObjectAcl(Endpoint): pass
+@dataclass(frozen=True)
+class PutObjectAcl(Endpoint): pass
+@dataclass(frozen=True)
+class GetObjectTagging(Endpoint): pass
+@dataclass(frozen=True)
+class DeleteObjectTagging(Endpoint): pass
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,13 @@ class Unsupported(Endpoint):
 
     operation: str = ""
 
+
+# Bucket configurations Cairn has no feature for: reading one answers "none set" (rule 4).
+UNCONFIGURED_BUCKET_SUBRESOURCES = (
+    "accelerate", "cors", "encryption", "lifecycle", "logging", "notification", "object-lock",
+    "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication", "requestPayment",
+    "tagging", "website",
+)
 
 # Query parameters that name a bucket subresource / operation S3 has and we do not.
 _BUCKET_SUBRESOURCES_UNSUPPORTED = {
@@ -145,6 +177,12 @@ def route(
 
 
 def _bucket_endpoint(method: str, bucket: str, query: Mapping[str, str]) -> Endpoint:
+    if "acl" in query and method in ("GET", "HEAD", "PUT"):
+        return PutBucketAcl(bucket) if method == "PUT" else GetBucketAcl(bucket)
+    if method in ("GET", "HEAD"):
+        for name in UNCONFIGURED_BUCKET_SUBRESOURCES:
+            if name in query:
+                return GetBucketConfiguration(bucket, "", name)
     for name, operation in _BUCKET_SUBRESOURCES_UNSUPPORTED.items():
         if name in query:
             return Unsupported(bucket, "", f"{_verb(method)}{operation}")
@@ -178,6 +216,10 @@ def _bucket_endpoint(method: str, bucket: str, query: Mapping[str, str]) -> Endp
 def _object_endpoint(
     method: str, bucket: str, key: str, query: Mapping[str, str], copy_source: bool
 ) -> Endpoint:
+    if "acl" in query and method in ("GET", "HEAD", "PUT"):
+        return PutObjectAcl(bucket, key) if method == "PUT" else GetObjectAcl(bucket, key)
+    if "tagging" in query and method in ("GET", "HEAD", "DELETE"):
+        return DeleteObjectTagging(bucket, key) if method == "DELETE" else GetObjectTagging(bucket, key)
     for name, operation in _OBJECT_SUBRESOURCES_UNSUPPORTED.items():
         if name in query:
             return Unsupported(bucket, key, f"{_verb(method)}{operation}")

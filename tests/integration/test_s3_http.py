@@ -469,9 +469,9 @@ def test_part_number_out_of_range(server, bucket, number):
 
 
 @pytest.mark.parametrize("method, target", [
-    ("GET", "/{bucket}/k?tagging"), ("PUT", "/{bucket}/k?tagging"), ("GET", "/{bucket}?lifecycle"),
-    ("PUT", "/{bucket}?policy"), ("GET", "/{bucket}/k?acl"), ("PUT", "/{bucket}?versioning"),
-    ("POST", "/{bucket}/k?select&select-type=2"), ("GET", "/{bucket}?versions"),
+    ("PUT", "/{bucket}/k?tagging"), ("PUT", "/{bucket}?lifecycle"), ("DELETE", "/{bucket}?cors"),
+    ("PUT", "/{bucket}?policy"), ("PUT", "/{bucket}?versioning"),
+    ("POST", "/{bucket}/k?select&select-type=2"), ("GET", "/{bucket}?versions"), ("GET", "/{bucket}/k?retention"),
 ])
 def test_unknown_subresource_is_not_implemented(server, bucket, method, target):
     put(server, bucket, "k", b"untouched")

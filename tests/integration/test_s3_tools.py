@@ -14,7 +14,8 @@ tool's own checks agree with the server.
 - **s3cmd**:
   - `sync` of the tree, then `ls -r` lists every name;
   - a 12 MiB `put` goes as 5 MiB parts, and its ETag is the multipart one;
-  - `info` reports the MD5 of a single-part object;
+  - `info` reports the MD5 of a single-part object and the owner's ACL, and
+    `setacl --acl-private` succeeds;
   - `get`, `cp` and `mv` keep the bytes;
   - `del -r` and `rb` empty and remove the bucket.
 - **pyarrow's S3FileSystem** (the AWS C++ SDK): a Parquet table written through it
@@ -161,6 +162,8 @@ def test_s3cmd_sync_multipart_info_copy_move(server, client_factory, tmp_path):
     assert s3.head_object(Bucket="s3cmd-bucket", Key="big.bin")["ETag"] == _multipart_etag(big, PART_BYTES)
     info = s3cmd("info", "s3://s3cmd-bucket/tree/plus+sign+.bin")
     assert f"MD5 sum:   {hashlib.md5((source / 'plus+sign+.bin').read_bytes()).hexdigest()}" in info, info
+    assert "ACL:       admin: FULL_CONTROL" in info and "CORS:      none" in info, info
+    s3cmd("setacl", "--acl-private", "s3://s3cmd-bucket/tree/plus+sign+.bin")
 
     s3cmd("get", "s3://s3cmd-bucket/big.bin", str(tmp_path / "big-back.bin"))
     assert (tmp_path / "big-back.bin").read_bytes() == big

@@ -85,11 +85,15 @@ def test_ip_host_is_path_style():
 
 
 @pytest.mark.parametrize("method,path,query,operation", [
-    ("GET", "/bucket", "acl", "GetBucketAcl"),
+    ("DELETE", "/bucket", "acl", "DeleteBucketAcl"),
     ("PUT", "/bucket", "tagging", "PutBucketTagging"),
+    ("PUT", "/bucket", "cors", "PutBucketCors"),
+    ("DELETE", "/bucket", "policy", "DeleteBucketPolicy"),
     ("GET", "/bucket", "versions", "GetObjectVersions"),
+    ("GET", "/bucket", "analytics&id=a", "GetBucketAnalytics"),
     ("PUT", "/bucket", "versioning", "PutBucketVersioning"),
-    ("GET", "/bucket/key", "tagging", "GetObjectTagging"),
+    ("PUT", "/bucket/key", "tagging", "PutObjectTagging"),
+    ("GET", "/bucket/key", "retention", "GetObjectRetention"),
     ("POST", "/bucket/key", "select&select-type=2", "PostSelectObjectContent"),
 ])
 def test_unknown_subresources_are_unsupported(method, path, query, operation):
@@ -113,3 +117,22 @@ def test_impossible_requests_are_method_not_allowed(method, path, query):
 def test_bad_list_type_is_invalid_argument():
     with pytest.raises(errors.InvalidArgument):
         router.route("GET", "/bucket", {"list-type": "3"}, "", domains=DOMAINS)
+
+
+@pytest.mark.parametrize("subresource", router.UNCONFIGURED_BUCKET_SUBRESOURCES)
+def test_reading_a_configuration_cairn_has_none_of(subresource):
+    endpoint = router.route("GET", "/bucket", _query(subresource), "", domains=DOMAINS)
+    assert endpoint == router.GetBucketConfiguration("bucket", "", subresource)
+    assert isinstance(router.route("PUT", "/bucket", _query(subresource), "", domains=DOMAINS), router.Unsupported)
+
+
+@pytest.mark.parametrize("method,path,query,expected", [
+    ("GET", "/bucket", "acl", router.GetBucketAcl("bucket")),
+    ("PUT", "/bucket", "acl", router.PutBucketAcl("bucket")),
+    ("GET", "/bucket/a/key", "acl", router.GetObjectAcl("bucket", "a/key")),
+    ("PUT", "/bucket/a/key", "acl", router.PutObjectAcl("bucket", "a/key")),
+    ("GET", "/bucket/key", "tagging", router.GetObjectTagging("bucket", "key")),
+    ("DELETE", "/bucket/key", "tagging", router.DeleteObjectTagging("bucket", "key")),
+])
+def test_acl_and_object_tag_endpoints(method, path, query, expected):
+    assert router.route(method, path, _query(query), "", domains=DOMAINS) == expected

@@ -6,7 +6,7 @@ An endpoint missing here is answered NotImplemented by the app, never a 500.
 from __future__ import annotations
 
 from frontend.s3 import router
-from frontend.s3.handlers import bucket, delete_objects, listing, multipart, objects
+from frontend.s3.handlers import bucket, configuration, delete_objects, listing, multipart, objects
 
 HANDLERS = {
     router.ListBuckets: bucket.list_buckets,
@@ -30,4 +30,11 @@ HANDLERS = {
     router.CompleteMultipartUpload: multipart.complete_multipart_upload,
     router.AbortMultipartUpload: multipart.abort_multipart_upload,
     router.ListParts: multipart.list_parts,
+    router.GetBucketConfiguration: configuration.get_bucket_configuration,
+    router.GetBucketAcl: configuration.get_bucket_acl,
+    router.PutBucketAcl: configuration.put_bucket_acl,
+    router.GetObjectAcl: configuration.get_object_acl,
+    router.PutObjectAcl: configuration.put_object_acl,
+    router.GetObjectTagging: configuration.get_object_tagging,
+    router.DeleteObjectTagging: configuration.delete_object_tagging,
 }
