@@ -20,6 +20,10 @@ Rules:
    `GetBucketConfiguration`, answered as S3 answers for a bucket with none set
    (frontend/s3/handlers/configuration.py); setting one stays `Unsupported`. ACLs
    route to their own endpoints: Cairn's one ACL is the owner's FULL_CONTROL.
+5. Buckets are unversioned: every object has one version, `null` (as in an S3 bucket
+   that never had versioning). An object request naming any other `versionId` is
+   InvalidArgument, never served or deleted as if it named the current object;
+   `?versions` lists each object as its `null` version (ListObjectVersions).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class ListObjects(Endpoint): pass
 class ListObjectsV2(Endpoint): pass
 @dataclass(frozen=True)
 class ListMultipartUploads(Endpoint): pass
+@dataclass(frozen=True)
+class ListObjectVersions(Endpoint): pass
 @dataclass(frozen=True)
 class DeleteObjects(Endpoint): pass
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ _BUCKET_SUBRESOURCES_UNSUPPORTED = {
     "ownershipControls": "BucketOwnershipControls", "policy": "BucketPolicy",
     "policyStatus": "BucketPolicyStatus", "publicAccessBlock": "PublicAccessBlock",
     "replication": "BucketReplication", "requestPayment": "BucketRequestPayment",
-    "tagging": "BucketTagging", "website": "BucketWebsite", "versions": "ObjectVersions",
+    "tagging": "BucketTagging", "website": "BucketWebsite",
     "metadataTable": "BucketMetadataTable", "session": "CreateSession",
 }
 _OBJECT_SUBRESOURCES_UNSUPPORTED = {
@@ -193,6 +199,8 @@ def _bucket_endpoint(method: str, bucket: str, query: Mapping[str, str]) -> Endp
             return GetBucketVersioning(bucket)
         if "uploads" in query:
             return ListMultipartUploads(bucket)
+        if "versions" in query:
+            return ListObjectVersions(bucket)
         if query.get("list-type") == "2":
             return ListObjectsV2(bucket)
         if "list-type" in query:
@@ -216,6 +224,9 @@ def _bucket_endpoint(method: str, bucket: str, query: Mapping[str, str]) -> Endp
 def _object_endpoint(
     method: str, bucket: str, key: str, query: Mapping[str, str], copy_source: bool
 ) -> Endpoint:
+    if query.get("versionId", "null") != "null":
+        raise errors.InvalidArgument("Invalid version id specified: this bucket is not versioned, so every object's "
+                                     "one version is null.", ArgumentName="versionId", ArgumentValue=query["versionId"])
     if "acl" in query and method in ("GET", "HEAD", "PUT"):
         return PutObjectAcl(bucket, key) if method == "PUT" else GetObjectAcl(bucket, key)
     if "tagging" in query and method in ("GET", "HEAD", "DELETE"):

@@ -10,6 +10,11 @@ Property (frontend/s3/handlers/configuration.py):
   (NotImplemented), after which the ACL read back is still the owner's alone.
 - Object tags: an existing object has an empty TagSet, and deleting its tags
   succeeds. Setting tags is NotImplemented. A missing object is NoSuchKey.
+- Buckets are unversioned: ListObjectVersions lists every object once, as its
+  `null` version and the latest one, with no delete markers. It pages with the
+  paginator, rolls up prefixes, and matches ListObjectsV2. boto3's
+  `object_versions.delete()` empties a bucket. `VersionId=null` names the object;
+  any other version id is InvalidArgument, and a DELETE naming one removes nothing.
 - Another user gets AccessDenied and a missing bucket NoSuchBucket, for reads and
   writes alike.
 Method: one `cairn dev` with two users (alice owns the bucket, bob does not);
@@ -18,6 +23,7 @@ each call checks the error code and HTTP status boto3 reports.
 
 from __future__ import annotations
 
+import boto3
 import botocore.exceptions
 import pytest
 from conftest import TWO_USERS, write_config
@@ -134,6 +140,39 @@ def test_objects_have_no_tags(alice):
     assert alice.get_object(Bucket=BUCKET, Key="dir/object ü")["Body"].read() == b"payload"
 
 
+def test_unversioned_buckets_list_null_versions(users, alice):
+    bucket = "versions-bucket"
+    alice.create_bucket(Bucket=bucket)
+    keys = ["a", "b/1", "b/2 ü+", "c", "d/x/y", "e"]
+    for index, key in enumerate(keys):
+        alice.put_object(Bucket=bucket, Key=key, Body=b"v" * (index * 1000))
+    listed = alice.list_objects_v2(Bucket=bucket)["Contents"]
+    pages = list(alice.get_paginator("list_object_versions").paginate(Bucket=bucket, PaginationConfig={"PageSize": 2}))
+    assert len(pages) == 3 and all(not page.get("DeleteMarkers") for page in pages)
+    versions = [version for page in pages for version in page["Versions"]]
+    assert [(v["Key"], v["VersionId"], v["IsLatest"], v["Size"], v["ETag"], v["LastModified"]) for v in versions] \
+        == [(o["Key"], "null", True, o["Size"], o["ETag"], o["LastModified"]) for o in listed]
+    assert all(version["Owner"]["ID"] == "alice" for version in versions)
+    rolled = alice.list_object_versions(Bucket=bucket, Delimiter="/", Prefix="")
+    assert [v["Key"] for v in rolled["Versions"]] == ["a", "c", "e"]
+    assert [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["b/", "d/"]
+    after = alice.list_object_versions(Bucket=bucket, KeyMarker="b/1", VersionIdMarker="null")
+    assert [v["Key"] for v in after["Versions"]] == keys[2:]
+    assert _error(alice.list_object_versions, Bucket=bucket, VersionIdMarker="null") == ("InvalidArgument", 400)
+
+    assert alice.get_object(Bucket=bucket, Key="c", VersionId="null")["Body"].read() == b"v" * 3000
+    assert _error(alice.get_object, Bucket=bucket, Key="c", VersionId="3HL4kqtJlcpXroDTDmJ") == ("InvalidArgument", 400)
+    assert _error(alice.delete_object, Bucket=bucket, Key="c", VersionId="3HL4kqtJlcpXroDTDmJ") == ("InvalidArgument", 400)
+    assert alice.head_object(Bucket=bucket, Key="c")["ContentLength"] == 3000
+
+    resource = boto3.resource("s3", endpoint_url=users.endpoint, region_name="us-east-1",
+                              aws_access_key_id=users.users["alice"].access_key,
+                              aws_secret_access_key=users.users["alice"].secret_key)
+    resource.Bucket(bucket).object_versions.delete()
+    assert alice.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    alice.delete_bucket(Bucket=bucket)
+
+
 def test_others_and_missing_buckets(alice, bob):
     calls = [
         (bob.get_bucket_acl, {"Bucket": BUCKET}), (bob.get_bucket_cors, {"Bucket": BUCKET}),
@@ -141,6 +180,7 @@ def test_others_and_missing_buckets(alice, bob):
         (bob.get_object_acl, {"Bucket": BUCKET, "Key": "dir/object ü"}),
         (bob.get_object_tagging, {"Bucket": BUCKET, "Key": "dir/object ü"}),
         (bob.delete_object_tagging, {"Bucket": BUCKET, "Key": "dir/object ü"}),
+        (bob.list_object_versions, {"Bucket": BUCKET}),
     ]
     for call, arguments in calls:
         assert _error(call, **arguments) == ("AccessDenied", 403), call

@@ -89,7 +89,6 @@ def test_ip_host_is_path_style():
     ("PUT", "/bucket", "tagging", "PutBucketTagging"),
     ("PUT", "/bucket", "cors", "PutBucketCors"),
     ("DELETE", "/bucket", "policy", "DeleteBucketPolicy"),
-    ("GET", "/bucket", "versions", "GetObjectVersions"),
     ("GET", "/bucket", "analytics&id=a", "GetBucketAnalytics"),
     ("PUT", "/bucket", "versioning", "PutBucketVersioning"),
     ("PUT", "/bucket/key", "tagging", "PutObjectTagging"),
@@ -136,3 +135,13 @@ def test_reading_a_configuration_cairn_has_none_of(subresource):
 ])
 def test_acl_and_object_tag_endpoints(method, path, query, expected):
     assert router.route(method, path, _query(query), "", domains=DOMAINS) == expected
+
+
+def test_versions_and_version_ids():
+    assert router.route("GET", "/bucket", _query("versions&prefix=a"), "", domains=DOMAINS) == router.ListObjectVersions("bucket")
+    for method in ("GET", "HEAD", "DELETE"):
+        assert type(router.route(method, "/bucket/key", _query("versionId=null"), "", domains=DOMAINS)) is not router.Unsupported
+        with pytest.raises(errors.InvalidArgument):
+            router.route(method, "/bucket/key", _query("versionId=3HL4kqtJlcpXroDTDmJ"), "", domains=DOMAINS)
+    with pytest.raises(errors.InvalidArgument):
+        router.route("GET", "/bucket/key", _query("acl&versionId=abc"), "", domains=DOMAINS)

@@ -18,6 +18,7 @@ HANDLERS = {
     router.ListObjects: listing.list_objects,
     router.ListObjectsV2: listing.list_objects_v2,
     router.ListMultipartUploads: listing.list_multipart_uploads,
+    router.ListObjectVersions: listing.list_object_versions,
     router.DeleteObjects: delete_objects.delete_objects,
     router.PutObject: objects.put_object,
     router.CopyObject: objects.copy_object,

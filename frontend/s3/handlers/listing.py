@@ -1,4 +1,4 @@
-"""ListObjects (v1), ListObjectsV2 and ListMultipartUploads.
+"""ListObjects (v1), ListObjectsV2, ListObjectVersions and ListMultipartUploads.
 
 The store rolls up delimiters and pages in raw UTF-8 order (common/seams.py,
 rule 7); this module parses parameters and renders XML. A v2 continuation token
@@ -62,11 +62,14 @@ def decode_token(token: str) -> tuple[str, tuple[int, int, int]]:
         raise errors.InvalidArgument("The continuation token provided is incorrect", ArgumentName="continuation-token") from None
 
 
-def _contents(page, encode, owner: str | None) -> str:
+def _contents(page, encode, owner: str | None, *, version_tag: str | None = None) -> str:
+    """A page's objects as `<Contents>`, or as `<{version_tag}>` naming each one's `null`
+    version (ListObjectVersions); then its common prefixes."""
     parts = []
     for summary in page.summaries:
         item = (
             element("Key", encode(summary.key))
+            + (element("VersionId", "null") + element("IsLatest", "true") if version_tag else "")
             + element("LastModified", iso_time(summary.last_modified_us))
             + element("ETag", etag_header(summary.etag))
             + element("Size", summary.size)
@@ -78,7 +81,8 @@ def _contents(page, encode, owner: str | None) -> str:
             item += element("ChecksumType", summary.checksum_type)
         if owner is not None:
             item += owner
-        parts.append(f"<Contents>{item}</Contents>")
+        tag = version_tag or "Contents"
+        parts.append(f"<{tag}>{item}</{tag}>")
     for prefix in page.common_prefixes:
         parts.append(f"<CommonPrefixes>{element('Prefix', encode(prefix))}</CommonPrefixes>")
     return "".join(parts)
@@ -139,6 +143,41 @@ async def list_objects(services: Services, request: Request) -> Response:
         fields.append(element("EncodingType", encoding))
     fields.append(_contents(page, encode, owner_xml(bucket.owner)))
     return Response(headers=[XML], body=document("ListBucketResult", fields))
+
+
+async def list_object_versions(services: Services, request: Request) -> Response:
+    """Buckets are unversioned (frontend/s3/router.py rule 5): each object is its one
+    version, `null` and latest, with no delete markers, as S3 lists a bucket that
+    never had versioning. Tools empty buckets this way (boto3's `object_versions`,
+    Terraform's force_destroy). Both markers resume after `key-marker`: a key has
+    no version after `null`."""
+    bucket = await owned_bucket(services, request)
+    encode, encoding = _encoder(request)
+    query = request.query
+    prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
+    key_marker, version_marker = query.get("key-marker", ""), query.get("version-id-marker", "")
+    if version_marker and not key_marker:
+        raise errors.InvalidArgument("A version-id marker cannot be specified without a key marker.",
+                                     ArgumentName="version-id-marker", ArgumentValue=version_marker)
+    if version_marker not in ("", "null"):
+        raise errors.InvalidArgument("Invalid version id specified", ArgumentName="version-id-marker",
+                                     ArgumentValue=version_marker)
+    max_keys = _max_keys(services, request, "max-keys")
+    page = await _page(services, bucket, prefix, delimiter, key_marker, max_keys, None)
+    fields = [
+        element("Name", bucket.name), element("Prefix", encode(prefix)), element("KeyMarker", encode(key_marker)),
+        element("VersionIdMarker", version_marker), element("MaxKeys", max_keys),
+        element("IsTruncated", "true" if page.truncated else "false"),
+    ]
+    if page.truncated and page.next_start_key is not None:
+        fields.append(element("NextKeyMarker", encode(page.next_start_key)))
+        fields.append(element("NextVersionIdMarker", "null"))
+    if delimiter:
+        fields.append(element("Delimiter", encode(delimiter)))
+    if encoding:
+        fields.append(element("EncodingType", encoding))
+    versions = _contents(page, encode, owner_xml(bucket.owner), version_tag="Version")
+    return Response(headers=[XML], body=document("ListVersionsResult", fields + [versions]))
 
 
 async def _page(services, bucket, prefix, delimiter, start_after, max_keys, min_seq):
