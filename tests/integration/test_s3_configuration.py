@@ -15,6 +15,10 @@ Property (frontend/s3/handlers/configuration.py):
   paginator, rolls up prefixes, and matches ListObjectsV2. boto3's
   `object_versions.delete()` empties a bucket. `VersionId=null` names the object;
   any other version id is InvalidArgument, and a DELETE naming one removes nothing.
+- A write that asks for what Cairn does not do is NotImplemented, and stores
+  nothing. That covers server-side encryption (SSE-S3, SSE-KMS, SSE-C), tags,
+  object lock, a website redirect, and an ACL or grant other than the owner's. It
+  holds for PutObject, CopyObject, CreateMultipartUpload and CreateBucket.
 - Another user gets AccessDenied and a missing bucket NoSuchBucket, for reads and
   writes alike.
 Method: one `cairn dev` with two users (alice owns the bucket, bob does not);
@@ -171,6 +175,38 @@ def test_unversioned_buckets_list_null_versions(users, alice):
     resource.Bucket(bucket).object_versions.delete()
     assert alice.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
     alice.delete_bucket(Bucket=bucket)
+
+
+def test_writes_asking_for_what_cairn_does_not_do(alice):
+    alice.put_object(Bucket=BUCKET, Key="kept", Body=b"before")
+    refused = [
+        {"ServerSideEncryption": "AES256"},
+        {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "key"},
+        {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32},
+        {"Tagging": "team=storage"},
+        {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": "2030-01-01T00:00:00Z"},
+        {"ObjectLockLegalHoldStatus": "ON"},
+        {"WebsiteRedirectLocation": "/elsewhere"},
+        {"ACL": "public-read"},
+        {"GrantRead": 'uri="http://acs.amazonaws.com/groups/global/AllUsers"'},
+    ]
+    for extra in refused:
+        for key in ("kept", "never-written"):
+            assert _error(alice.put_object, Bucket=BUCKET, Key=key, Body=b"after", **extra) == ("NotImplemented", 501), extra
+        assert _error(alice.copy_object, Bucket=BUCKET, Key="never-written", CopySource=f"{BUCKET}/kept",
+                      MetadataDirective="REPLACE", **extra) == ("NotImplemented", 501), extra
+        assert _error(alice.create_multipart_upload, Bucket=BUCKET, Key="never-written", **extra) \
+            == ("NotImplemented", 501), extra
+    assert alice.get_object(Bucket=BUCKET, Key="kept")["Body"].read() == b"before"
+    assert _error(alice.head_object, Bucket=BUCKET, Key="never-written") == ("404", 404)
+    assert not alice.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+    alice.put_object(Bucket=BUCKET, Key="kept", Body=b"private", ACL="private")
+    assert alice.get_object(Bucket=BUCKET, Key="kept")["Body"].read() == b"private"
+
+    assert _error(alice.create_bucket, Bucket="locked-bucket", ObjectLockEnabledForBucket=True) == ("NotImplemented", 501)
+    assert _error(alice.create_bucket, Bucket="public-bucket", ACL="public-read") == ("NotImplemented", 501)
+    names = [bucket["Name"] for bucket in alice.list_buckets()["Buckets"]]
+    assert "locked-bucket" not in names and "public-bucket" not in names
 
 
 def test_others_and_missing_buckets(alice, bob):

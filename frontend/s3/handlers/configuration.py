@@ -31,7 +31,7 @@ from __future__ import annotations
 from common.seams import BucketRecord
 from frontend.s3 import errors
 from frontend.s3.handlers.bucket import owner_xml
-from frontend.s3.handlers.support import check_key, owned_bucket, read_small_body
+from frontend.s3.handlers.support import OWNER_ONLY_ACLS, check_key, owned_bucket, read_small_body
 from frontend.s3.request import Request, Response, Services
 from frontend.s3.xml import child_text, document, element, parse
 
@@ -103,7 +103,7 @@ async def put_bucket_acl(services: Services, request: Request) -> Response:
 
 async def put_object_acl(services: Services, request: Request) -> Response:
     bucket = await _existing_object(services, request)
-    await _check_owner_only(services, request, bucket.owner, ("private", "bucket-owner-full-control"))
+    await _check_owner_only(services, request, bucket.owner, OWNER_ONLY_ACLS)
     return Response()
 
 

@@ -27,7 +27,7 @@ from frontend.s3.handlers.copying import copy_bytes
 from frontend.s3.handlers.objects import commit_or_discard, read_copy_source, storage_class, write_condition
 from frontend.s3.handlers.support import (
     check_key, checksum_headers, content_headers, etag_header, owned_bucket, read_small_body,
-    store_payload, strip_etag, user_metadata,
+    refuse_unsupported_writes, store_payload, strip_etag, user_metadata,
 )
 from frontend.s3.request import Request, Response, Services
 from frontend.s3.xml import child_text, document, element, iso_time, parse
@@ -38,6 +38,7 @@ _FULL_OBJECT_CAPABLE = ("crc32", "crc32c", "crc64nvme")
 
 async def create_multipart_upload(services: Services, request: Request) -> Response:
     check_key(services, request.key)
+    refuse_unsupported_writes(request)
     bucket = await owned_bucket(services, request)
     algorithm = (request.headers.get("x-amz-checksum-algorithm") or "").strip().lower()
     if algorithm and algorithm not in ("crc32", "crc32c", "crc64nvme", "sha1", "sha256"):
@@ -83,6 +84,7 @@ async def _upload(services: Services, request: Request, bucket):
 
 async def upload_part(services: Services, request: Request) -> Response:
     check_key(services, request.key)
+    refuse_unsupported_writes(request)
     bucket = await owned_bucket(services, request)
     number = _part_number(services, request)
     if request.headers.get("content-length") is None and request.headers.get("x-amz-decoded-content-length") is None \
@@ -103,6 +105,7 @@ async def upload_part(services: Services, request: Request) -> Response:
 
 async def upload_part_copy(services: Services, request: Request) -> Response:
     check_key(services, request.key)
+    refuse_unsupported_writes(request)
     bucket = await owned_bucket(services, request)
     number = _part_number(services, request)
     upload_id, upload = await _upload(services, request, bucket)

@@ -32,8 +32,8 @@ from frontend.s3 import errors
 from frontend.s3.handlers.copying import copy_bytes
 from frontend.s3.handlers.support import (
     checksum_headers, check_key, commit_request_id, content_headers, etag_header,
-    is_sdk_retry, not_after_us, object_headers, owned_bucket, read_body, refresh_bucket, store_payload,
-    strip_etag, user_metadata,
+    is_sdk_retry, not_after_us, object_headers, owned_bucket, read_body, refresh_bucket, refuse_unsupported_writes,
+    store_payload, strip_etag, user_metadata,
 )
 from frontend.s3.request import Request, Response, Services
 from frontend.s3.xml import document, element, iso_time
@@ -94,6 +94,7 @@ def storage_class(request: Request) -> str:
 
 async def put_object(services: Services, request: Request) -> Response:
     check_key(services, request.key)
+    refuse_unsupported_writes(request)
     bucket = await owned_bucket(services, request)
     condition = write_condition(request)
     headers = content_headers(request)
@@ -329,6 +330,7 @@ async def read_copy_source(services: Services, request: Request) -> ObjectRecord
 
 async def copy_object(services: Services, request: Request) -> Response:
     check_key(services, request.key)
+    refuse_unsupported_writes(request)
     bucket = await owned_bucket(services, request)
     source = await read_copy_source(services, request)
     directive = (request.headers.get("x-amz-metadata-directive") or "COPY").upper()

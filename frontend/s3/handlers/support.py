@@ -64,6 +64,34 @@ def check_key(services: Services, key: str) -> None:
         raise errors.KeyTooLongError(MaxSizeAllowed=str(services.limits.MAX_KEY_BYTES))
 
 
+# Write headers asking for what Cairn does not do: refused, never stored as if granted.
+_UNSUPPORTED_WRITE_HEADERS = (
+    ("x-amz-server-side-encryption", "Server-side encryption is not supported: Cairn stores the bytes as sent. "
+     "Encrypt on the client, or leave out x-amz-server-side-encryption* (Terraform's S3 backend: encrypt = false)."),
+    ("x-amz-copy-source-server-side-encryption", "Server-side encryption is not supported: no object here is encrypted."),
+    ("x-amz-tagging", "Object tags are not supported."),
+    ("x-amz-object-lock-", "Object lock is not supported: nothing would keep this object from being overwritten or deleted."),
+    ("x-amz-website-redirect-location", "Website redirects are not supported."),
+    ("x-amz-grant-", "Grants to other users are not supported: a bucket and its objects belong to its owner."),
+)
+OWNER_ONLY_ACLS = ("private", "bucket-owner-full-control")
+
+
+def refuse_unsupported_writes(request: Request) -> None:
+    """NotImplemented, before anything is stored, for a write that asks for what Cairn
+    would not do: encryption at rest, tags, object lock, a website redirect, or an ACL
+    other than the owner's. Storing it anyway would let the client believe its data is
+    encrypted, locked or shared."""
+    for name, _ in request.headers.items():
+        if name.startswith("x-amz-"):
+            for prefix, message in _UNSUPPORTED_WRITE_HEADERS:
+                if name.startswith(prefix):
+                    raise errors.NotImplemented_(message)
+    acl = request.headers.get("x-amz-acl")
+    if acl is not None and acl not in OWNER_ONLY_ACLS:
+        raise errors.NotImplemented_("Only the private canned ACL is supported: a bucket and its objects belong to its owner.")
+
+
 def not_after_us(services: Services) -> int:
     return services.clock_us() + services.limits.COMMIT_DEADLINE_MS * 1000
 
