@@ -24,8 +24,43 @@ from common import config as configuration
 from deploy import admin
 
 
+LOCK_FILE = "cairn.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int | None:
+    """Hold DATA_DIR/cairn.lock (flock) for this process's life, and return its fd, or
+    None when another `cairn dev` holds it. A second start on the same data dir would
+    rewrite cluster.toml under the running cluster (fresh ports, which its processes
+    follow) and then fail on the disks' and nodes' own locks; refused here, before
+    anything is written. The kernel drops the lock when the holder dies, SIGKILL too."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _holder(data_dir: Path) -> str:
+    try:
+        pid = (data_dir / LOCK_FILE).read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
 def _dev(arguments: argparse.Namespace) -> int:
     data_dir = Path(arguments.data_dir).expanduser().resolve()
+    if lock_data_dir(data_dir) is None:
+        print(f"cairn dev: {data_dir} is in use by another cairn dev{_holder(data_dir)}. Stop that one first "
+              "(Ctrl-C in its terminal), or start this one with another --data-dir.", file=sys.stderr)
+        return 2
     try:
         if arguments.config:
             config = configuration.load(arguments.config)

@@ -19,10 +19,12 @@ killed disk stalls only its own). A copy of deploy/cluster.example.toml passed a
 Steps: write cluster.toml; start the shardstores, the three metadata nodes, the
 maintenance process (reaper, sweep, repair) when this build has it, each ready
 before the next; reserve the S3 port and start the frontend workers, each listening
-on it with SO_REUSEPORT (`_reserve_port`); print endpoint and credentials; on SIGINT/SIGTERM
-stop the workers and the maintenance process, then (once they are gone) the rest
-(metadata nodes sync and mark a clean stop). The supervisor restarts any process
-that dies, saying so.
+on it with SO_REUSEPORT (`_reserve_port`); print endpoint and credentials; on SIGINT,
+SIGTERM or SIGHUP (the terminal it ran in was closed) stop the workers and the
+maintenance process, then (once they are gone) the rest (metadata nodes sync and
+mark a clean stop). The supervisor restarts any process that dies, saying so.
+`cairn dev` holds DATA_DIR/cairn.lock while it runs (deploy/cli.py), so a second
+one on the same data dir is refused before it writes anything.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ async def run_cluster_dev(config: Config, *, host: str, port: int, data_dir: Pat
     group = Supervisor(specs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(number, stop.set)
     try:
         ready = await group.start()

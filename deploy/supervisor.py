@@ -14,12 +14,17 @@
    one (step 2); a new name is started and supervised.
 Children inherit stderr (their logs go where the supervisor's go); their stdout
 is read for the readiness line and then relayed line by line with a name prefix.
+5. A child outlives no supervisor: on Linux each child asks the kernel for SIGTERM
+   when the supervisor dies (`PR_SET_PDEATHSIG`), SIGKILLed or not, so a killed
+   `cairn dev` leaves no orphans holding its ports and data. Their own SIGTERM
+   handling stops them as cleanly as step 3 does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +39,24 @@ STOP_TIMEOUT_S = 10.0
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 10.0
 STABLE_AFTER_S = 30.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook():
+    """The child-side half of step 5, run between fork and exec: only calls resolved
+    here, in the parent (a fork child of a threaded process must not dlopen). None
+    off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:          # the supervisor died before the request took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook
 
 
 @dataclass
@@ -81,6 +104,7 @@ class Supervisor:
     def __init__(self, specs: list[ProcessSpec]) -> None:
         self.children = [_Child(spec) for spec in specs]
         self._stopping = False
+        self._die_with_parent = _die_with_parent_hook()
         self._watchers: list[asyncio.Task] = []
 
     async def start(self) -> dict[str, str]:
@@ -95,6 +119,7 @@ class Supervisor:
         child.process = await asyncio.create_subprocess_exec(
             *child.spec.argv, stdout=asyncio.subprocess.PIPE, stderr=None, stdin=asyncio.subprocess.DEVNULL,
             env=environment, start_new_session=True, pass_fds=child.spec.pass_fds,
+            preexec_fn=self._die_with_parent,
         )
         child.started_at = asyncio.get_running_loop().time()
         try:

@@ -3,7 +3,8 @@
 Method: real child processes (tiny Python scripts) — one that prints its
 readiness line and sleeps, one that dies before it is ready — and SIGKILL of a
 running child, checking it is started again and becomes ready, and that stop()
-leaves no child running.
+leaves no child running. SIGKILL of a supervisor (a child Python running one)
+must take its children down with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -107,3 +110,34 @@ def test_update_restarts_a_changed_child_and_starts_a_new_one(monkeypatch):
         await asyncio.sleep(0.1)
         assert not any(_alive(pid) for pid in pids)
     asyncio.run(run())
+
+
+def test_children_die_with_a_sigkilled_supervisor(tmp_path):
+    """Step 5: no orphan outlives a killed supervisor (a killed `cairn dev`)."""
+    script = (
+        "import asyncio, sys\n"
+        "from deploy.supervisor import ProcessSpec, Supervisor\n"
+        f"SLEEPER = {SLEEPER!r}\n"
+        "async def main():\n"
+        "    group = Supervisor([ProcessSpec('a', [sys.executable, '-c', SLEEPER]),\n"
+        "                        ProcessSpec('b', [sys.executable, '-c', SLEEPER])])\n"
+        "    await group.start()\n"
+        "    print(group.pid('a'), group.pid('b'), flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=root,
+                              env=dict(os.environ, PYTHONPATH=root))
+    try:
+        pids = [int(pid) for pid in holder.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        holder.kill()
+        holder.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        holder.kill()
+        holder.stdout.close()
