@@ -97,3 +97,8 @@ class ServiceUnavailable(StoreError):
     def __init__(self, message: str, *, need: int = 0, got: int = 0) -> None:
         super().__init__(message)
         self.need, self.got = need, got
+
+
+class InsufficientStorage(ServiceUnavailable):
+    """Too few disks had room for a blob: they refused it to keep their reserve for
+    compaction (HTTP 507: retrying will not help until space is freed or added)."""

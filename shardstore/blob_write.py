@@ -19,11 +19,12 @@ from typing import Any, AsyncIterable, Mapping
 from common import blob_placement as bp
 from common.checksums import Digests
 from common.erasure import Code, stripe_chunks
-from common.errors import ServiceUnavailable
+from common.errors import InsufficientStorage, ServiceUnavailable
 from common.framing import ConnectionLost, DeadlineExceeded
 from common.placement import Placement, survivable_domain_losses
 from shardstore.format import ShardId, block_checksums
 from shardstore.framed import MANY_ITEMS_MAX, MANY_PAYLOAD_MAX_BYTES
+from shardstore.node import DiskFull
 
 log = logging.getLogger("cairn.blobs")
 
@@ -241,12 +242,13 @@ class PutBatcher(DiskBatcher):
 class _Slot:
     """One of the k+m shard positions of a coded write, across its segments."""
 
-    __slots__ = ("index", "disk", "writer", "failed")
+    __slots__ = ("index", "disk", "writer", "failed", "full")
 
     def __init__(self, index: int, disk: DiskId) -> None:
         self.index, self.disk = index, disk
         self.writer = None          # the open ShardWriter of the current segment, if streamed
         self.failed = False
+        self.full = False           # failed because the disk refused it for lack of room
 
 
 class CodedWrite:
@@ -311,16 +313,17 @@ class CodedWrite:
     def _check_quorum(self) -> None:
         live = sum(not slot.failed for slot in self.slots)
         if live < self.quorum:
-            raise ServiceUnavailable(f"{live} of {self.width} shards written, need {self.quorum}",
-                                     need=self.quorum, got=live)
+            refusal = InsufficientStorage if any(slot.full for slot in self.slots) else ServiceUnavailable
+            raise refusal(f"{live} of {self.width} shards written, need {self.quorum}", need=self.quorum, got=live)
         missing = {slot.index for slot in self.slots if slot.failed}
         if durability(self.placement, missing, self.k) < min(1, self.m):
             raise ServiceUnavailable(f"{live} shards written in too few failure domains to survive the loss of one",
                                      need=self.quorum, got=live)
 
-    def _drop(self, slot: _Slot, why: str) -> None:
+    def _drop(self, slot: _Slot, why: str, error: BaseException | str | None = None) -> None:
         if slot.failed:
             return
+        slot.full = isinstance(error, DiskFull)
         log.warning("ShardSlotDropped data_id=%s slot=%d disk=%s why=%s", self.data_id.hex(), slot.index,
                     slot.disk, why)
         slot.failed = True
@@ -408,7 +411,7 @@ class CodedWrite:
                     slot.writer = client.open_put(slot.disk, ShardId(self.data_id, segment * self.width + slot.index),
                                                   lengths[slot.index], timeout_s=self.store.timeout_s)
                 except Exception as error:
-                    self._drop(slot, repr(error))
+                    self._drop(slot, repr(error), error)
 
     def _finish_later(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -425,7 +428,7 @@ class CodedWrite:
             error = task.exception() if not task.cancelled() else "cancelled"
             if isinstance(error, UNREACHABLE):
                 self.store.mark_down(self.slots[index].disk, error)
-            self._drop(self.slots[index], f"{what} failed: {error!r}")
+            self._drop(self.slots[index], f"{what} failed: {error!r}", error)
         reached = len(durable) >= self.quorum
         for index, task in tasks.items():
             if task in late:

@@ -117,13 +117,14 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Itera
 from common import blob_placement as bp
 from common.checksums import Digests
 from common.erasure import Code
-from common.errors import BlobNotFound, ServiceUnavailable, invariant
+from common.errors import BlobNotFound, InsufficientStorage, ServiceUnavailable, invariant
 from common.limits import DEFAULT_LIMITS, Limits
 from common.placement import Disk, DiskId, DiskMap, NoEligibleDisk, Placement, Spreader, disk_from_stat
 from common.seams import CHECKSUM_ALGORITHMS, BlobRef
 from shardstore.blob_read import GetBatcher, Reader
 from shardstore.blob_write import UNREACHABLE, CodedWrite, PutBatcher, Source, durability, forget, settle
 from shardstore.format import ShardId, block_checksums
+from shardstore.node import DiskFull
 
 log = logging.getLogger("cairn.blobs")
 
@@ -346,8 +347,9 @@ class ShardBlobStore:
             self._track(task)
         if len(durable) < quorum:
             await self._discard(data_id, placement.disks, 1, ())
-            raise ServiceUnavailable(f"{len(durable)} of {count} copies written, need {quorum}",
-                                     need=quorum, got=len(durable))
+            full = any(isinstance(tasks[slot].exception(), DiskFull) for slot in failed if not tasks[slot].cancelled())
+            raise (InsufficientStorage if full else ServiceUnavailable)(
+                f"{len(durable)} of {count} copies written, need {quorum}", need=quorum, got=len(durable))
         missing = sorted(failed | {slot for slot, task in tasks.items() if task in late})
         survives = durability(placement, set(missing), 1)
         if survives < min(1, self.m):

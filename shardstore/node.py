@@ -607,7 +607,8 @@ class Node:
         reserve = self.reserve_bytes()
         if self._free_bytes_estimate(False) - self._reserved_bytes - record_size < reserve and \
                 self._free_bytes_estimate(True) - self._reserved_bytes - record_size < reserve:
-            raise DiskFull("disk full: the rest is reserved for compaction")
+            raise DiskFull(f"disk full: {self._free_bytes_seen - self._reserved_bytes} bytes free, of which "
+                           f"{reserve} are kept for compaction; a {record_size}-byte record does not fit")
         self._admitted_since_seen += record_size
         self._reserved_bytes += record_size
         try:

@@ -83,6 +83,9 @@ XAmzContentSHA256Mismatch = _error("XAmzContentSHA256Mismatch", 400, "The provid
 InvalidObjectState = _error("InvalidObjectState", 403, "The operation is not valid for the object's storage class.")
 ConditionalRequestConflict = _error("ConditionalRequestConflict", 409, "A conflicting conditional operation is currently in progress against this resource.")
 SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
+InsufficientStorage = _error("InsufficientStorage", 507, "The disks have no room for this object: each keeps a reserve "
+                             "for compaction. Delete objects (their space returns after the reap delay and "
+                             "compaction) or add disks (cairn disk add).")
 UnexpectedContent = _error("UnexpectedContent", 400, "This request does not support content.")
 MalformedACLError = _error("MalformedACLError", 400, "The XML you provided was not well-formed or did not validate against our published schema.")
 # "None set": what S3 answers for a bucket configuration that was never set (frontend/s3/handlers/configuration.py).
@@ -115,6 +118,7 @@ _DOMAIN_TO_S3: dict[type[domain.StoreError], type[S3Error]] = {
     domain.WriteExpired: ServiceUnavailable,
     domain.OutcomeUnknown: ServiceUnavailable,
     domain.ServiceUnavailable: ServiceUnavailable,
+    domain.InsufficientStorage: InsufficientStorage,
     domain.BlobNotFound: InternalError,
     domain.BlobCorrupt: InternalError,
 }

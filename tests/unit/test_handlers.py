@@ -103,6 +103,17 @@ def test_unknown_outcome_is_503_and_keeps_the_bytes(world):
     assert blobs.stored_bytes() == 100_000
 
 
+def test_full_disks_are_507_insufficient_storage(world):
+    app, meta, blobs, loop = world
+
+    async def full(*arguments, **keywords):
+        raise domain.InsufficientStorage("2 of 6 shards written, need 5", need=5, got=2)
+    blobs.write = full
+    status, headers, body = loop.run_until_complete(call(app, "PUT", "/bucket/big", os.urandom(100_000)))
+    assert status == 507 and b"<Code>InsufficientStorage</Code>" in body and b"reserve" in body
+    assert blobs.stored_bytes() == 0
+
+
 def test_unexpected_exception_is_internal_error_with_request_id(world, caplog):
     app, meta, blobs, loop = world
     meta.fault = RuntimeError("a bug")

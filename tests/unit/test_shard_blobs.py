@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from common import blob_placement as bp
-from common.errors import BlobCorrupt, ServiceUnavailable
+from common.errors import BlobCorrupt, InsufficientStorage, ServiceUnavailable
 from common.framing import ConnectionLost
 from common.limits import DEFAULT_LIMITS, KiB, MiB
 from shardstore.blobstore import DiskSpec, ShardBlobStore
@@ -355,6 +355,31 @@ def test_too_few_disks_fails_and_leaves_nothing(tmp_path):
             await cluster.store.stat_round()
             with pytest.raises(ServiceUnavailable):
                 await cluster.store.write(os.urandom(16), _stream(b"x" * 100), 100, ())
+    _run(run())
+
+
+def test_full_disks_refuse_with_insufficient_storage_and_keep_nothing(tmp_path):
+    """Disks that refuse shards to keep their compaction reserve make the write
+    InsufficientStorage (HTTP 507: no retry helps), not the retryable
+    ServiceUnavailable of disks that are down; what was stored stays readable."""
+    async def run():
+        async with Cluster(str(tmp_path)) as cluster:
+            kept = await cluster.store.write(os.urandom(16), _stream(b"k" * 1000), 1000, ())
+            for node in cluster.nodes.values():
+                node.disk._capacity_bytes = node.disk._used() + node.reserve_bytes() + 10_000
+            for size in (100_000, 3 * STRIPE + 7, SEGMENT + STRIPE, None):
+                before = cluster.shard_count()
+                with pytest.raises(InsufficientStorage):
+                    await cluster.store.write(os.urandom(16), _stream(os.urandom(size or 2 * STRIPE)), size, ())
+                assert cluster.shard_count() == before
+            assert await _read(cluster.store, kept) == b"k" * 1000
+            for node in cluster.nodes.values():
+                node.disk._capacity_bytes = 1 << 40
+            cluster.client.down = set(DISKS[:5])
+            await cluster.store.stat_round()
+            with pytest.raises(ServiceUnavailable) as raised:
+                await cluster.store.write(os.urandom(16), _stream(b"x" * 100), 100, ())
+            assert not isinstance(raised.value, InsufficientStorage)
     _run(run())
 
 
