@@ -68,7 +68,9 @@ checkpoint covers; a record whose header or trailer fails its check ends that
 extent (a torn or aborted tail, cut off); fsync what remains past the checkpoint
 (complete records may have survived the crash unsynced, and a later crash must not
 lose what recovery applied); replay the complete records in seq order through the
-same `apply_rule`; flush. A put whose record did not survive was never
+same `apply_rule`; flush. Each replayed record's data is checked against its block
+checksums, read in SHARD_WRITE_STEP pieces; rot in the copy the index ends up
+pointing at is a finding, as the scrubber's are. A put whose record did not survive was never
 acknowledged; a tombstone acknowledged is durable, so the delete survives.
 
 Compaction, three separately crash-safe steps: `compact_copy` appends a COPY record
@@ -334,8 +336,8 @@ class Node:
                     self.recovered_torn_tails += 1
                     size = offset
                     break
-                header, checksums, seq, end = parsed
-                found.append((seq, header, checksums, extent, offset, end))
+                header, checksums, seq, end, rotten = parsed
+                found.append((seq, header, checksums, extent, offset, end, rotten))
                 offset = end
             if size > start:
                 # Records past the checkpoint may have survived only in the page cache
@@ -346,10 +348,14 @@ class Node:
             self.covered[extent] = start
             self.live_bytes[extent] = 0
         found.sort(key=lambda record: record[0])
-        for seq, header, checksums, extent, offset, end in found:
+        for seq, header, checksums, extent, offset, end, rotten in found:
             invariant(seq > self.seq, "replayed records must follow the checkpoint in seq order")
             entry = self._entry_for(header, Location(extent, offset), checksums)
             self._apply(seq, header, entry, extent, end)
+            if rotten and self.index.get(fmt.index_key(header.shard)) == entry:
+                # After its apply (which clears an older copy's finding): a later record
+                # of the shard, replayed after this one, clears this finding in turn.
+                self.corrupt[header.shard] = "checksum mismatch found by recovery"
         for extent, size in self.extent_sizes.items():
             self.covered[extent] = size
         self._last_seq_taken = self.seq
@@ -358,8 +364,8 @@ class Node:
             self.live_bytes[entry.location.extent] = self.live_bytes.get(entry.location.extent, 0) + entry.stored_bytes
 
     def _parse_record(self, extent: int, offset: int, size: int):
-        """(header, checksums, seq, end) of a complete record at `offset`, else None.
-        Also verifies the data of PUT and COPY records, noting rot as a finding."""
+        """(header, checksums, seq, end, rotten) of a complete record at `offset`, else
+        None. `rotten`: the data of a PUT or COPY record fails its block checksums."""
         name = fmt.extent_name(extent)
         header_raw = self.disk.read(name, offset, fmt.HEADER_BYTES)
         header = fmt.decode_header(header_raw)
@@ -373,11 +379,16 @@ class Node:
         if trailer is None:
             return None
         checksums, seq = trailer
+        rotten = False
         if header.kind != fmt.KIND_TOMBSTONE:
-            data = self.disk.read(name, offset + fmt.HEADER_BYTES, header.length)
-            if fmt.block_checksums(data, header.block_size) != checksums:
-                self.corrupt[header.shard] = "checksum mismatch found by recovery"
-        return header, checksums, seq, end
+            # In SHARD_WRITE_STEP pieces: a 64 MiB shard never sits whole in memory.
+            summer = fmt.BlockChecksummer(header.block_size)
+            step = self.limits.SHARD_WRITE_STEP_BYTES
+            start = offset + fmt.HEADER_BYTES
+            for at in range(start, start + header.length, step):
+                summer.feed(self.disk.read(name, at, min(step, start + header.length - at)))
+            rotten = summer.finish() != checksums
+        return header, checksums, seq, end, rotten
 
     def _all_entries(self) -> Iterator[tuple[bytes, Entry]]:
         start = fmt.INDEX_PREFIX
