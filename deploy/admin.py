@@ -29,9 +29,11 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import tomllib
+from dataclasses import dataclass
 
 from common.layout import IN, OUT, DataLayout, parse_layout
 from common.limits import DEFAULT_LIMITS
@@ -44,6 +46,10 @@ class AdminError(Exception):
     """What went wrong and what to do next; the command prints it and exits 2."""
 
 
+DEFAULT_DATA_DIR = "./cairn-data"           # `cairn dev`'s, when no --data-dir is given
+DEFAULT_CLUSTER_FILE = f"{DEFAULT_DATA_DIR}/cluster.toml"
+
+
 def add_commands(subparsers) -> None:
     status = subparsers.add_parser(
         "status", help="show disks, metadata nodes and objects below full redundancy",
@@ -51,8 +57,10 @@ def add_commands(subparsers) -> None:
                     "fill, share of its extents' bytes still live, heat in bytes/s read and written, corrupt shards "
                     "found), whether each metadata node "
                     "answers, and how many objects are below full redundancy (awaiting repair).")
-    status.add_argument("--cluster", required=True, metavar="FILE",
-                        help="the cluster TOML ([[nodes]] and [[shardstores]]; `cairn dev` writes DATA_DIR/cluster.toml)")
+    status.add_argument("--cluster", default=DEFAULT_CLUSTER_FILE, metavar="FILE",
+                        help="the cluster TOML ([[nodes]] and [[shardstores]]; `cairn dev` writes DATA_DIR/cluster.toml; "
+                             f"default {DEFAULT_CLUSTER_FILE}, that of `cairn dev`'s default data dir). Exits 0 when "
+                             "every disk in service and every metadata node answers, 1 otherwise")
     status.add_argument("--timeout", type=float, default=2.0, metavar="S",
                         help="seconds to wait for each disk and node (default 2)")
     disk = subparsers.add_parser(
@@ -66,7 +74,8 @@ def add_commands(subparsers) -> None:
                                             "it held on other disks; placement never picks it again. Irreversible "
                                             "by design: disk ids are never reused (add a new disk instead).")
     remove.add_argument("id", metavar="ID", help="the disk id, as `cairn status` lists it")
-    remove.add_argument("--cluster", required=True, metavar="FILE", help="the cluster TOML to edit")
+    remove.add_argument("--cluster", default=DEFAULT_CLUSTER_FILE, metavar="FILE",
+                        help=f"the cluster TOML to edit (default {DEFAULT_CLUSTER_FILE})")
     add = actions.add_parser("add", help="append a new disk to a shardstore process",
                              description="Append disk ID to shardstore process NAME in the cluster TOML. Then "
                                          "restart that process with --disk ID=PATH so it serves the disk; placement "
@@ -75,7 +84,8 @@ def add_commands(subparsers) -> None:
     add.add_argument("--path", required=True, help="the directory on the disk the shardstore will use")
     add.add_argument("--store", required=True, metavar="NAME", help="the [[shardstores]] name serving it")
     add.add_argument("--domain", help="its failure domain (default: host:<the store's host>)")
-    add.add_argument("--cluster", required=True, metavar="FILE", help="the cluster TOML to edit")
+    add.add_argument("--cluster", default=DEFAULT_CLUSTER_FILE, metavar="FILE",
+                     help=f"the cluster TOML to edit (default {DEFAULT_CLUSTER_FILE})")
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -84,8 +94,9 @@ def run(arguments: argparse.Namespace) -> int:
         if arguments.command == "status":
             import uvloop
 
-            print(uvloop.run(status_report(arguments.cluster, arguments.timeout)))
-            return 0
+            report = uvloop.run(status_report(arguments.cluster, arguments.timeout))
+            print(report.text)
+            return 0 if report.healthy else 1
         if arguments.command == "disk":
             prog += f" {arguments.disk_command or ''}".rstrip()
             if arguments.disk_command == "remove":
@@ -111,7 +122,7 @@ def _load(path: str) -> tuple[str, DataLayout]:
         with open(path, encoding="utf-8") as file:
             text = file.read()
     except FileNotFoundError:
-        raise AdminError(f"{path}: no such file. Pass the cluster TOML (`cairn dev` writes DATA_DIR/cluster.toml).") \
+        raise AdminError(f"{path}: no such file. Give --cluster FILE: `cairn dev` writes DATA_DIR/cluster.toml.") \
             from None
     except OSError as error:
         raise AdminError(f"{path}: cannot read it: {error.strerror or error}") from None
@@ -353,7 +364,13 @@ def _rate(value: float) -> str:
     return f"{value:.1f} GiB/s"
 
 
-async def status_report(path: str, timeout_s: float) -> str:
+@dataclass(frozen=True)
+class StatusReport:
+    text: str
+    healthy: bool           # every disk in service and every metadata node answered
+
+
+async def status_report(path: str, timeout_s: float) -> StatusReport:
     _, layout = _load(path)
     try:
         from journal.server import load_config
@@ -398,7 +415,11 @@ async def status_report(path: str, timeout_s: float) -> str:
         finally:
             await meta.close()
     down = [disk.id for disk in disks if not disk.up and disk.state == IN]
-    if down:
+    if not any(reachable) and not any(disk.up for disk in disks):
+        data_dir = os.path.dirname(path) or "."
+        lines.append(f"nothing answers at the addresses in {path}: the cluster is not running. Start it: "
+                     f"`cairn dev --data-dir {shlex.quote(data_dir)}`")
+    elif down:
         lines.append(f"disks in but unreachable: {', '.join(down)} — reads and writes route around them; if one is "
-                     f"lost for good, `cairn disk remove ID --cluster {path}` starts repair")
-    return "\n".join(lines)
+                     f"lost for good, `cairn disk remove ID --cluster {shlex.quote(path)}` starts repair")
+    return StatusReport("\n".join(lines), healthy=all(reachable) and not down)

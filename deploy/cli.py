@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--port", type=int, default=9000, help="TCP port to listen on (default 9000; 0 picks a free port)")
     dev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    dev.add_argument("--data-dir", default="./cairn-data", help="directory for the server's files (default ./cairn-data)")
+    dev.add_argument("--data-dir", default=admin.DEFAULT_DATA_DIR,
+                     help=f"directory for the server's files (default {admin.DEFAULT_DATA_DIR})")
     dev.add_argument("--config", help="TOML config with [[users]]; default: DATA_DIR/cairn.toml, generated on first start")
     dev.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)")
     dev.add_argument("--tls-key", help="PEM private key for --tls-cert")

@@ -9,7 +9,9 @@ Property:
 - SIGHUP (the terminal closed) stops `cairn dev` cleanly, exit 0, with no child
   left. A SIGKILLed `cairn dev` takes its children down too, through the kernel's
   parent-death signal (deploy/supervisor.py step 5). Either way the data dir is
-  free again, and the next start serves what the last one stored.
+  free again, and the next start serves what the last one stored. `cairn status`
+  exits 0 while everything answers; once stopped it exits 1 and says the cluster
+  is not running.
 Method: real `cairn dev` processes on one data dir; the children are found
 through /proc before the supervisor stops or dies.
 """
@@ -58,6 +60,11 @@ def _gone(pids: list[int], timeout_s: float = 20) -> bool:
     return False
 
 
+def _status(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CAIRN), "status", "--cluster", str(directory / "data" / "cluster.toml")],
+                          capture_output=True, timeout=60)
+
+
 def test_a_second_cairn_dev_on_the_same_data_dir_is_refused(tmp_path, client_factory):
     with start_server(tmp_path) as running:
         s3 = client_factory(running)
@@ -80,9 +87,12 @@ def test_sighup_and_sigkill_leave_no_process_and_free_the_data_dir(tmp_path, cli
         s3.put_object(Bucket="kept", Key="k", Body=b"k" * 300_000)
         children = _children(running.process.pid)
         assert len(children) >= 7, children            # shardstores, metanodes, maintain, frontends
+        assert _status(tmp_path).returncode == 0
         running.process.send_signal(signal.SIGHUP)
         assert running.process.wait(timeout=60) == 0
         assert _gone(children)
+    stopped = _status(tmp_path)
+    assert stopped.returncode == 1 and b"the cluster is not running" in stopped.stdout, stopped.stdout
 
     with pytest.raises(AssertionError, match="cairn dev exited -9"):       # start_server's own check
         with start_server(tmp_path) as running:

@@ -426,12 +426,14 @@ def test_disk_remove_reaches_a_running_maintainer_and_status_reports_the_disks(t
             assert result.repaired == 1
             assert out not in bp.decode_placement((await c.current("k")).placement).disks
             assert await c.read(await c.current("k")) == data
-            report = await admin.status_report(str(path), 0.5)
+            status = await admin.status_report(str(path), 0.5)
+            report = status.text
             row = next(line for line in report.splitlines() if line.strip().startswith(out + " "))
             assert " out " in row and " up " in row
             live = float(row.split()[6].rstrip("%"))                  # the LIVE column, after FILL
             assert 0 <= live <= 100 and "LIVE" in report
             assert "objects below full redundancy: unknown" in report   # no metadata node listens here
+            assert not status.healthy and "not running" not in report   # the disks answer
         finally:
             await maintainer.close()
 
