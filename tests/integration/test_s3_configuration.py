@@ -202,6 +202,11 @@ def test_writes_asking_for_what_cairn_does_not_do(alice):
     assert not alice.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
     alice.put_object(Bucket=BUCKET, Key="kept", Body=b"private", ACL="private")
     assert alice.get_object(Bucket=BUCKET, Key="kept")["Body"].read() == b"private"
+    alice.copy_object(Bucket=BUCKET, Key="copied", CopySource=f"{BUCKET}/kept", TaggingDirective="COPY")
+    alice.copy_object(Bucket=BUCKET, Key="copied", CopySource=f"{BUCKET}/kept", TaggingDirective="REPLACE")
+    assert alice.get_object(Bucket=BUCKET, Key="copied")["Body"].read() == b"private"
+    assert _error(alice.copy_object, Bucket=BUCKET, Key="never-written", CopySource=f"{BUCKET}/kept",
+                  TaggingDirective="REPLACE", Tagging="a=b") == ("NotImplemented", 501)
 
     assert _error(alice.create_bucket, Bucket="locked-bucket", ObjectLockEnabledForBucket=True) == ("NotImplemented", 501)
     assert _error(alice.create_bucket, Bucket="public-bucket", ACL="public-read") == ("NotImplemented", 501)

@@ -65,6 +65,8 @@ def check_key(services: Services, key: str) -> None:
 
 
 # Write headers asking for what Cairn does not do: refused, never stored as if granted.
+# Matched as name prefixes, except x-amz-tagging, matched whole: x-amz-tagging-directive
+# COPY (copy the source's tags: none) asks for nothing.
 _UNSUPPORTED_WRITE_HEADERS = (
     ("x-amz-server-side-encryption", "Server-side encryption is not supported: Cairn stores the bytes as sent. "
      "Encrypt on the client, or leave out x-amz-server-side-encryption* (Terraform's S3 backend: encrypt = false)."),
@@ -82,8 +84,12 @@ def refuse_unsupported_writes(request: Request) -> None:
     would not do: encryption at rest, tags, object lock, a website redirect, or an ACL
     other than the owner's. Storing it anyway would let the client believe its data is
     encrypted, locked or shared."""
-    for name, _ in request.headers.items():
+    for name, value in request.headers.items():
         if name.startswith("x-amz-"):
+            if name == "x-amz-tagging-directive":
+                if value.strip().upper() == "REPLACE" and (request.headers.get("x-amz-tagging") or "").strip():
+                    raise errors.NotImplemented_("Object tags are not supported.")
+                continue
             for prefix, message in _UNSUPPORTED_WRITE_HEADERS:
                 if name.startswith(prefix):
                     raise errors.NotImplemented_(message)
