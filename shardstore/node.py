@@ -70,8 +70,8 @@ extent (a torn or aborted tail, cut off); fsync what remains past the checkpoint
 lose what recovery applied); replay the complete records in seq order through the
 same `apply_rule`; flush. Each replayed record's data is checked against its block
 checksums, read in SHARD_WRITE_STEP pieces; rot in the copy the index ends up
-pointing at is a finding, as the scrubber's are. A put whose record did not survive was never
-acknowledged; a tombstone acknowledged is durable, so the delete survives.
+pointing at is a finding, as the scrubber's are. A put whose record did not survive
+was never acknowledged; a tombstone acknowledged is durable, so the delete survives.
 
 Compaction, three separately crash-safe steps: `compact_copy` appends a COPY record
 naming the source location of each live shard of a mostly-dead extent, and the
