@@ -43,6 +43,9 @@ Steps:
    or — once applied >= the witness — ReadValue, which the Applier answers from one
    snapshot. Listings and bucket reads use FENCE_SLOT, whose witness is the node's
    highest seq: they wait until everything the node has appended is applied.
+   A READ_MANY frame carries up to READ_MANY_MAX reads (a frontend's concurrent reads,
+   DESIGN §13): each goes through the core as a READ does, all in one input, and
+   the frame is answered once every one of them has its answer.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ import struct
 import time
 import tomllib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
+
+from google.protobuf.message import DecodeError
 
 from common import framing
 from journal import journal_pb2 as pb
@@ -81,6 +86,9 @@ KIND_SUBMIT = 1
 KIND_PEER = 2
 KIND_STATUS = 3
 KIND_READ = 4
+KIND_READ_MANY = 5
+READ_MANY_MAX = 64
+"""Reads per READ_MANY frame, at most (the protocol's bound: a larger frame is refused)."""
 
 FENCE_SLOT = -1
 """A read slot standing for "every slot": its witness is the node's highest appended seq."""
@@ -406,7 +414,7 @@ class JournalNode:
         self._inputs: collections.deque = collections.deque()
         self._draining = False
         self._tickets: dict[int, _Ticket] = {}
-        self._reads: dict[int, tuple[framing.Connection, int]] = {}
+        self._reads: dict[int, Callable[[int, bytes], None]] = {}     # ticket -> answer(status, payload)
         self._next_ticket = 1
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"journal{node_id}-disk")
         self._tasks: list[asyncio.Task] = []
@@ -459,8 +467,9 @@ class JournalNode:
                                                      backoff_max_s=0.5, connect_timeout_s=1.0)
         self.server = await framing.Server({KIND_SUBMIT: self._on_submit_frame, KIND_PEER: self._on_peer_frame,
                                             KIND_STATUS: self._on_status_frame,
-                                            KIND_READ: self._on_read_frame}).start(self.address.host,
-                                                                                       self.address.port)
+                                            KIND_READ: self._on_read_frame,
+                                            KIND_READ_MANY: self._on_read_many_frame}).start(self.address.host,
+                                                                                             self.address.port)
         for peer in self.peers.values():
             peer._kick()
         self._tasks.append(asyncio.ensure_future(self._ticker()))
@@ -720,22 +729,59 @@ class JournalNode:
     def _on_read_frame(self, connection: framing.Connection, frame: framing.Frame) -> None:
         """Step 8: a read goes through the core's witness check (journal/replica.py step 11)."""
         request = pb.ReadFrame.FromString(frame.meta)
-        ticket_id = self._next_ticket
-        self._next_ticket += 1
-        self._reads[ticket_id] = (connection, frame.id)
-        slot = FENCE_SLOT if request.any_slot else request.slot
-        read = Read(ticket_id, ticket_id, slot, request.as_of if request.has_as_of else None, bytes(frame.payload),
-                    tuple(request.also_slots))
+
+        def answer(status: int, payload: bytes) -> None:
+            if not connection.closed:
+                reply = pb.ReadFrameReply(status=status, config=config_to_pb(self.core.config))
+                connection.reply(frame.id, KIND_READ, reply.SerializeToString(), payload)
+        read = self._read(request, bytes(frame.payload), answer)
         self._input(lambda now: self.core.on_read(read, now))
 
-    def _answer_read(self, ticket_id: int, status, payload: bytes) -> None:
-        waiting = self._reads.pop(ticket_id, None)
-        if waiting is None:
+    def _on_read_many_frame(self, connection: framing.Connection, frame: framing.Frame) -> None:
+        """Step 8 for up to READ_MANY_MAX reads: each as a READ, one reply for all."""
+        try:
+            request = pb.ReadManyFrame.FromString(frame.meta)
+        except DecodeError:
+            request = None
+        sizes = list(request.request_bytes) if request is not None else []
+        if request is None or not 0 < len(request.reads) <= READ_MANY_MAX or len(sizes) != len(request.reads) \
+                or sum(sizes) != len(frame.payload):
+            connection.reply_error(frame.id, f"malformed READ_MANY frame (1 to {READ_MANY_MAX} reads, "
+                                             "request_bytes adding up to the payload)")
             return
-        connection, frame_id = waiting
-        if not connection.closed:
-            reply = pb.ReadFrameReply(status=status, config=config_to_pb(self.core.config))
-            connection.reply(frame_id, KIND_READ, reply.SerializeToString(), payload)
+        statuses = [pb.ReadFrameReply.TRY_OTHER] * len(sizes)
+        answers = [b""] * len(sizes)
+        remaining = [len(sizes)]
+
+        def answer_at(index: int):
+            def answer(status: int, payload: bytes) -> None:
+                statuses[index], answers[index] = status, payload
+                remaining[0] -= 1
+                if remaining[0] == 0 and not connection.closed:
+                    reply = pb.ReadManyReply(config=config_to_pb(self.core.config), statuses=statuses,
+                                             answer_bytes=[len(answer) for answer in answers])
+                    connection.reply(frame.id, KIND_READ_MANY, reply.SerializeToString(), b"".join(answers))
+            return answer
+        payload = bytes(frame.payload)
+        reads, at = [], 0
+        for index, (one, size) in enumerate(zip(request.reads, sizes)):
+            reads.append(self._read(one, payload[at:at + size], answer_at(index)))
+            at += size
+        core = self.core
+        self._input(lambda now: [effect for read in reads for effect in core.on_read(read, now)])
+
+    def _read(self, request: pb.ReadFrame, payload: bytes, answer: Callable[[int, bytes], None]) -> Read:
+        ticket_id = self._next_ticket
+        self._next_ticket += 1
+        self._reads[ticket_id] = answer
+        slot = FENCE_SLOT if request.any_slot else request.slot
+        return Read(ticket_id, ticket_id, slot, request.as_of if request.has_as_of else None, payload,
+                    tuple(request.also_slots))
+
+    def _answer_read(self, ticket_id: int, status, payload: bytes) -> None:
+        answer = self._reads.pop(ticket_id, None)
+        if answer is not None:
+            answer(status, payload)
 
     def _on_status_frame(self, connection: framing.Connection, frame: framing.Frame) -> None:
         request = pb.StatusRequest.FromString(frame.meta)

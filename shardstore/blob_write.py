@@ -17,6 +17,7 @@ import logging
 from typing import Any, AsyncIterable, Mapping
 
 from common import blob_placement as bp
+from common.batching import Coalescer
 from common.checksums import Digests
 from common.erasure import Code, stripe_chunks
 from common.errors import InsufficientStorage, ServiceUnavailable
@@ -139,81 +140,13 @@ class Source:
             self._size = self.received
 
 
-class DiskBatcher:
-    """Calls to one disk, coalesced: one call in flight; the items that arrive meanwhile
-    go in the next (no timers), up to `caps()` items and bytes. Subclasses size an item
-    and make the call (`_send`: per item its result or its exception; a failure of the
-    whole call raises, and fails every item of that call with it).
-
-    An item whose caller gave up (its future cancelled) before it was sent is dropped;
-    a sent one's answer is dropped. Cancelled with items queued (the store closing),
-    they fail with ConnectionLost."""
+class DiskBatcher(Coalescer):
+    """Calls to one disk, coalesced (common/batching.py): one call in flight; the items
+    that arrive meanwhile go in the next (no timers), up to `caps()` items and bytes."""
 
     def __init__(self, store: ShardBlobStore, disk: DiskId) -> None:
+        super().__init__(store._spawn)
         self.store, self.disk = store, disk
-        self._queue: collections.deque = collections.deque()
-        self._running = False
-
-    def _submit(self, item: tuple) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        if not self._running:
-            self._running = True
-            self.store._spawn(self._run())
-        return future
-
-    def caps(self) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def _size(self, item: tuple) -> int:
-        raise NotImplementedError
-
-    async def _send(self, items: list[tuple]) -> list:
-        raise NotImplementedError
-
-    def _take(self) -> list:
-        items_max, bytes_max = self.caps()
-        batch, batch_bytes = [], 0
-        while self._queue and len(batch) < items_max:
-            item, future = self._queue[0]
-            if future.done():
-                self._queue.popleft()
-                continue
-            size = self._size(item)
-            if batch and batch_bytes + size > bytes_max:
-                break
-            batch.append(self._queue.popleft())
-            batch_bytes += size
-        return batch
-
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch = self._take()
-                if not batch:
-                    continue
-                try:
-                    results = await self._send([item for item, _ in batch])
-                except BaseException as error:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error if isinstance(error, Exception) else ConnectionLost("cancelled"))
-                    if not isinstance(error, Exception):
-                        raise
-                    continue
-                for (_, future), result in zip(batch, results):
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result if isinstance(result, Exception) else ConnectionLost("cancelled"))
-                    else:
-                        future.set_result(result)
-        finally:
-            self._running = False
-            for _, future in self._queue:
-                if not future.done():
-                    future.set_exception(ConnectionLost("blob store closed"))
-            self._queue.clear()
 
 
 class PutBatcher(DiskBatcher):

@@ -13,6 +13,8 @@ MemoryApplier), several JournalClients (separate connections) with closed-loop w
   effort timing): once it is back (epoch 2, node 1 heads) every client retry with the same request
   id gets one outcome, its "append" applied exactly once on every node, and a second client
   resending the same request id later gets the same outcome.
+- Reads: concurrent reads through one JournalTransport share READ_MANY frames and each
+  gets its own answer (VALUE, CURRENT, a fence); a malformed READ_MANY is refused.
 Every process a test starts is stopped by it (SIGTERM, then SIGKILL).
 """
 
@@ -245,3 +247,56 @@ def test_head_killed_retry_with_same_request_id_has_one_outcome(cluster):
         assert status.serving
     cluster.stop_all()
     check_acks_against_logs(acks, cluster.logs(), dense=False)
+
+
+def test_concurrent_reads_share_read_many_frames_on_real_nodes(cluster):
+    """Step 8 of journal/server.py: reads issued together through one JournalTransport
+    (index/transport.py) reach the tail as READ_MANY frames. Each read still gets its own
+    answer through the core: VALUE after a fence, CURRENT for an as-of past the slot's
+    witness, the value of its own key. A malformed READ_MANY is refused and the node
+    serves on."""
+    from common import framing
+    from index.transport import JournalTransport
+    from journal import journal_pb2 as pb
+    from journal.server import KIND_READ_MANY
+
+    async def main():
+        client = JournalClient(cluster.addresses)
+        for key in range(20):
+            await client.commit(f"set-{key}".encode(), (key,), b"S" + b"k%d" % key + b"\x00" + b"v%d" % key)
+        await client.close()
+        transport = JournalTransport(cluster.addresses)
+        kinds = []
+        for reader in transport.readers.values():
+            real_call = reader.call
+
+            async def counting(kind, *arguments, _real=real_call, **keywords):
+                kinds.append(kind)
+                return await _real(kind, *arguments, **keywords)
+            reader.call = counting
+        reads = [(key % 20, b"k%d" % (key % 20), None) for key in range(60)]
+        reads += [(-1, b"k3", None), (5, b"k5", 10**9), (7, b"k7", 10**9)]
+        try:
+            answers = await asyncio.gather(*(transport.read(slot, request, as_of) for slot, request, as_of in reads))
+        finally:
+            await transport.close()
+        raw = framing.Client(*cluster.addresses[2])
+        try:
+            bad = pb.ReadManyFrame(reads=[pb.ReadFrame(slot=1)], request_bytes=[99])
+            with pytest.raises(framing.RemoteError, match="malformed READ_MANY"):
+                await raw.call(KIND_READ_MANY, bad.SerializeToString(), b"k1", timeout_s=5)
+            good = pb.ReadManyFrame(reads=[pb.ReadFrame(slot=1), pb.ReadFrame(slot=2)], request_bytes=[2, 2])
+            reply_frame = await raw.call(KIND_READ_MANY, good.SerializeToString(), b"k1k2", timeout_s=5)
+        finally:
+            await raw.close()
+        return reads, answers, kinds, pb.ReadManyReply.FromString(reply_frame.meta), bytes(reply_frame.payload)
+
+    reads, answers, kinds, reply, payload = uvloop.run(main())
+    for (slot, request, as_of), answer in zip(reads, answers):
+        if as_of is not None:
+            assert answer is None                           # CURRENT: the caller's cache holds
+        else:
+            assert answer[8:] == b"v" + request[1:]         # MemoryApplier: applied seq, then the value
+    assert kinds.count(KIND_READ_MANY) >= 1 and len(kinds) < len(answers)
+    assert list(reply.statuses) == [pb.ReadFrameReply.VALUE] * 2 and list(reply.answer_bytes) == [10, 10]
+    assert payload[8:10] == b"v1" and payload[18:] == b"v2"
