@@ -767,8 +767,7 @@ class JournalNode:
         for index, (one, size) in enumerate(zip(request.reads, sizes)):
             reads.append(self._read(one, payload[at:at + size], answer_at(index)))
             at += size
-        core = self.core
-        self._input(lambda now: [effect for read in reads for effect in core.on_read(read, now)])
+        self._input(lambda now: [effect for read in reads for effect in self.core.on_read(read, now)])
 
     def _read(self, request: pb.ReadFrame, payload: bytes, answer: Callable[[int, bytes], None]) -> Read:
         ticket_id = self._next_ticket
