@@ -18,6 +18,9 @@ Contract for a subclass:
   A sent one's answer is dropped.
 - Items still queued when the loop is cancelled (the owner closing) fail with
   ConnectionLost.
+- With `fail_queued_with_call` set, a failed call also fails the items queued behind
+  it, with the same error. They would go to the same peer next, and wait out a
+  second timeout before their callers could fail over.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from common.framing import ConnectionLost
 
 
 class Coalescer:
+    fail_queued_with_call = False
+
     def __init__(self, spawn: Callable[[Coroutine], Any]) -> None:
         """`spawn(coroutine)` runs the call loop as a task its owner tracks (and cancels on close)."""
         self._spawn = spawn
@@ -77,7 +82,10 @@ class Coalescer:
                 try:
                     results = await self._send([item for item, _ in batch])
                 except BaseException as error:
-                    for _, future in batch:
+                    failed = batch
+                    if self.fail_queued_with_call and isinstance(error, Exception):
+                        failed, self._queue = batch + list(self._queue), collections.deque()
+                    for _, future in failed:
                         if not future.done():
                             future.set_exception(error if isinstance(error, Exception) else ConnectionLost("cancelled"))
                     if not isinstance(error, Exception):

@@ -34,7 +34,11 @@ _UNAVAILABLE = (framing.ConnectionLost, framing.DeadlineExceeded, framing.Remote
 
 
 class _ReadBatcher(Coalescer):
-    """The reads bound for one node. Per read: (status, chain, answer bytes)."""
+    """The reads bound for one node. Per read: (status, chain, answer bytes). A call that
+    fails (the node down or silent) fails the reads queued behind it too: they fail over
+    at once instead of waiting out a second READ_TIMEOUT_S on the same node."""
+
+    fail_queued_with_call = True
 
     def __init__(self, transport: JournalTransport, node: int) -> None:
         super().__init__(transport._spawn)
@@ -51,7 +55,9 @@ class _ReadBatcher(Coalescer):
         return len(item[1])
 
     async def _send(self, items: list) -> list:
-        if len(items) == 1 or not self.batching:
+        if len(items) == 1:
+            return [await self._one(*items[0])]         # its failure is the call's
+        if not self.batching:
             return await asyncio.gather(*(self._one(*item) for item in items), return_exceptions=True)
         frame = pb.ReadManyFrame(reads=[read for read, _ in items], request_bytes=[len(request) for _, request in items])
         try:

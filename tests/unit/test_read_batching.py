@@ -3,9 +3,10 @@
 Property: reads issued together through one JournalTransport reach a node in fewer
 frames than reads. A lone read goes as a plain READ, two or more as a READ_MANY.
 Every read gets the answer a read of its own would get: its VALUE bytes, None for
-CURRENT, or a fail-over to the next node on TRY_OTHER or a node that is down. A node
-that refuses READ_MANY (a build from before it) still answers every read, through
-plain READs, and is sent no READ_MANY again.
+CURRENT, or a fail-over to the next node on TRY_OTHER or a node that is down. Reads
+queued behind a call to a silent node fail over when that call times out, not one
+timeout later. A node that refuses READ_MANY (a build from before it) still answers
+every read, through plain READs, and is sent no READ_MANY again.
 Method: in-process framing servers standing in for the metadata nodes; their answers
 depend only on the request, so any batching must give the same results. The real
 nodes' READ_MANY: tests/cluster/test_journal_chain.py.
@@ -35,13 +36,15 @@ def _answer(node: int, request: bytes, read: pb.ReadFrame) -> tuple[int, bytes]:
 
 
 class FakeNode:
-    def __init__(self, node: int, *, batching: bool = True) -> None:
+    def __init__(self, node: int, *, batching: bool = True, silent: bool = False) -> None:
         self.node = node
         self.frames: collections.Counter = collections.Counter()
         self.reads = 0
         handlers = {KIND_READ: self._read}
         if batching:
             handlers[KIND_READ_MANY] = self._read_many
+        if silent:                                  # takes every frame, answers none
+            handlers = {kind: lambda connection, frame: self.frames.update([frame.kind]) for kind in handlers}
         self.server = framing.Server(handlers)
 
     def _read(self, connection, frame) -> None:
@@ -121,3 +124,31 @@ def test_reads_fail_over_around_a_node_that_is_down():
     answers, again, nodes = asyncio.run(_run(reads, batching=True, down=True))
     assert answers == [b"node1:" + request for request, _ in reads]
     assert again == b"node1:a"
+
+
+def test_reads_queued_behind_a_call_to_a_silent_node_fail_over_with_it(monkeypatch):
+    """The first read goes alone to the silent tail and the others queue behind it.
+    When its call times out, they fail over with it: the tail never sees a second frame,
+    and no read waits out a second timeout."""
+    monkeypatch.setattr("index.transport.READ_TIMEOUT_S", 0.3)
+
+    async def main():
+        nodes = [FakeNode(node, silent=node == 2) for node in range(3)]
+        for fake in nodes:
+            await fake.server.start("127.0.0.1", 0)
+        transport = JournalTransport({fake.node: ("127.0.0.1", fake.server.port) for fake in nodes})
+        try:
+            first = asyncio.ensure_future(transport.read(3, b"first", None))
+            while not nodes[2].frames:                   # the lone read is on the wire
+                await asyncio.sleep(0.01)
+            rest = [asyncio.ensure_future(transport.read(3, b"a%d" % index, None)) for index in range(20)]
+            answers = await asyncio.gather(first, *rest)
+        finally:
+            await transport.close()
+            for fake in nodes:
+                await fake.server.close()
+        return answers, nodes
+
+    answers, nodes = asyncio.run(main())
+    assert answers == [b"node1:first"] + [b"node1:a%d" % index for index in range(20)]
+    assert sum(nodes[2].frames.values()) == 1
