@@ -63,7 +63,9 @@ class _ReadBatcher(Coalescer):
         try:
             reply_frame = await self.client.call(KIND_READ_MANY, frame.SerializeToString(),
                                                  b"".join(request for _, request in items), timeout_s=READ_TIMEOUT_S)
-        except framing.RemoteError:
+        except framing.RemoteError as error:
+            if "unknown kind" not in str(error):
+                raise
             self.batching = False       # an older node: one READ per read from now on
             return await asyncio.gather(*(self._one(*item) for item in items), return_exceptions=True)
         reply = pb.ReadManyReply.FromString(reply_frame.meta)
