@@ -40,6 +40,8 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+from spec.metadata_model import is_common_prefix
+
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
 
@@ -239,7 +241,10 @@ class S3Model:
         if bucket not in self.buckets:
             return "NoSuchBucket"
         after = start_after.encode() if boundary is None else boundary[0].encode()
-        skip_prefix = boundary[0].encode() if boundary is not None and boundary[1] else None
+        if boundary is not None:
+            skip_prefix = boundary[0].encode() if boundary[1] else None
+        else:       # a StartAfter that is itself a rolled-up prefix skips all of it (common/seams.py rule 7)
+            skip_prefix = after if is_common_prefix(after, prefix.encode(), (delimiter or "").encode()) else None
         entries: list[tuple[bytes, bool]] = []  # (key or common prefix, is_prefix), in byte order
         for raw in sorted(key.encode() for key in self.buckets[bucket]):
             if not raw.startswith(prefix.encode()) or raw <= after:
