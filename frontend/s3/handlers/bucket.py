@@ -14,7 +14,7 @@ import re
 
 from common.seams import CreateBucket, DeleteBucket
 from frontend.s3 import errors
-from frontend.s3.handlers.support import OWNER_ONLY_ACLS, commit_request_id, not_after_us, owned_bucket
+from frontend.s3.handlers.support import commit_request_id, not_after_us, owned_bucket, refuse_unsupported_writes
 from frontend.s3.request import Request, Response, Services
 from frontend.s3.xml import child_text, document, element, iso_time, parse
 
@@ -65,9 +65,7 @@ async def create_bucket(services: Services, request: Request) -> Response:
             if constraint and not _REGION.match(constraint):
                 raise errors.InvalidLocationConstraint(LocationConstraint=constraint)
             region = constraint or "us-east-1"
-    acl = request.headers.get("x-amz-acl")
-    if acl not in (None, *OWNER_ONLY_ACLS) or any(name.startswith("x-amz-grant-") for name, _ in request.headers.items()):
-        raise errors.NotImplemented_("Only the private canned ACL is supported: a bucket and its objects belong to its owner.")
+    refuse_unsupported_writes(request)          # grants, and any ACL but the owner's
     if (request.headers.get("x-amz-bucket-object-lock-enabled") or "").strip().lower() == "true":
         raise errors.NotImplemented_("Object lock is not supported: nothing would keep objects from being overwritten or deleted.")
     mutation = CreateBucket(bucket=request.bucket, owner=request.user.name, region=region)

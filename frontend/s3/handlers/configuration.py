@@ -31,7 +31,9 @@ from __future__ import annotations
 from common.seams import BucketRecord
 from frontend.s3 import errors
 from frontend.s3.handlers.bucket import owner_xml
-from frontend.s3.handlers.support import OWNER_ONLY_ACLS, check_key, owned_bucket, read_small_body
+from frontend.s3.handlers.support import (
+    OWNER_ONLY_ACLS, check_key, owned_bucket, read_small_body, refuse_unsupported_writes,
+)
 from frontend.s3.request import Request, Response, Services
 from frontend.s3.xml import child_text, document, element, parse
 
@@ -109,8 +111,7 @@ async def put_object_acl(services: Services, request: Request) -> Response:
 
 async def _check_owner_only(services: Services, request: Request, owner: str, canned: tuple[str, ...]) -> None:
     """Refuse an ACL that would be anything but the owner's FULL_CONTROL."""
-    if any(name.startswith("x-amz-grant-") for name, _ in request.headers.items()):
-        raise errors.NotImplemented_("Grants to other users are not supported: a bucket and its objects belong to its owner.")
+    refuse_unsupported_writes(request)          # grants, and any ACL but the owner's
     acl = request.headers.get("x-amz-acl")
     body, _ = await read_small_body(services, request)
     if acl is not None and body.strip():
